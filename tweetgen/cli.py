@@ -1,0 +1,333 @@
+"""The `tweetgen` command: a thin layer over the library. TensorFlow is imported only by the
+commands that need it, so `--help`, `tweets`, `status`, `append` answer at once."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from . import corpus
+from .config import ConfigError, Settings, load_settings
+
+log = logging.getLogger("tweetgen")
+
+
+class UsageError(ValueError):
+    """Bad command-line input; printed as one line."""
+
+
+def setup_logging(verbose: bool = False) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("apscheduler.executors.default", "absl"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def settings_from(args: argparse.Namespace, **extra: Any) -> Settings:
+    overrides = {"home": args.home, **extra}
+    return load_settings(Path(args.config) if args.config else None, overrides)
+
+
+def emit(data: Any, as_json: bool, text: Callable[[Any], str] | None = None) -> None:
+    if as_json or text is None:
+        print(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+    else:
+        print(text(data))
+
+
+def open_store(settings: Settings):
+    from .store import Store
+
+    return Store(settings.db_file, settings.db_busy_timeout_seconds)
+
+
+# ---------------------------------------------------------------- engine commands
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import engine
+    from .daemon import InstanceLock
+    from .trainer import progress_printer
+
+    settings = settings_from(args)
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    with InstanceLock(settings), open_store(settings) as store:
+        total = args.steps if args.steps else (None if args.minutes else settings.initial_steps)
+        outcome = engine.train(settings, args.steps, args.minutes, store=store,
+                               on_log=progress_printer(total))
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+    r = outcome.result
+    data = {"run": outcome.run_id, "status": r.status, "steps": r.steps, "step": outcome.trainer.step,
+            "train_loss": r.train_loss, "val_bpc": r.val_bpc,
+            "checkpoint": str(r.checkpoint) if r.checkpoint else None}
+    emit(data, args.json, lambda d: f"trained {d['steps']} steps to step {d['step']}: loss "
+         f"{d['train_loss']:.4f}, validation {d['val_bpc']:.4f} bits/char, {d['checkpoint']}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from . import engine
+
+    settings = settings_from(args)
+    seeds = args.seed if args.seed else [""]
+    generator, ckpt = engine.open_generator(settings, args.checkpoint)
+    samples = generator.generate(seeds, args.n, args.temperature, args.top_k, args.random_seed, args.mode)
+    if not args.no_store:
+        with open_store(settings) as store:
+            ids = engine.store_samples(store, samples, ckpt, "cli")
+    else:
+        ids = [None] * len(samples)
+    rows = [dict(s.as_dict(), id=i, checkpoint=ckpt.name) for s, i in zip(samples, ids)]
+    emit(rows, args.json, lambda rs: "\n".join(r["text"] for r in rs))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from . import engine
+
+    settings = settings_from(args)
+    result = engine.evaluate_file(settings, Path(args.file), args.checkpoint)
+    emit(result, args.json, lambda d: f"{d['file']}: {d['bits_per_char']} bits/char over "
+         f"{d['characters']} characters in {d['lines']} lines ({d['checkpoint']}, step {d['step']})")
+    return 0
+
+
+def cmd_import_fortunes(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    source = Path(args.path) if args.path else corpus.default_fortune_file()
+    result = corpus.import_fortunes(source, settings.corpus_file, settings.max_tweet_chars)
+    emit({"added": result.added, "rejected": dict(result.rejected)}, args.json,
+         lambda d: f"{result.summary()} to {settings.corpus_file}")
+    return 0
+
+
+# ---------------------------------------------------------------- corpus and store commands
+
+
+def cmd_append(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    if args.file == "-" or (not args.text and not args.file):
+        lines: Sequence[bytes] = sys.stdin.buffer.read().split(b"\n")
+        lines = lines[:-1] if lines and lines[-1] == b"" else lines
+    elif args.file:
+        try:
+            lines = Path(args.file).read_bytes().splitlines()
+        except OSError as exc:
+            raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
+    else:
+        lines = args.text
+    result = corpus.append_lines(settings.corpus_file, lines)
+    emit({"added": result.added, "rejected": dict(result.rejected), "file": str(settings.corpus_file)},
+         args.json, lambda d: result.summary())
+    return 0
+
+
+def cmd_tweets(args: argparse.Namespace) -> int:
+    from .store import to_utc_iso
+
+    settings = settings_from(args)
+    with open_store(settings) as store:
+        rows = store.query_samples(
+            since=to_utc_iso(args.since) if args.since else None, seed=args.seed,
+            checkpoint_id=args.checkpoint, status=args.status, search=args.search,
+            novel_only=args.novel_only, limit=args.limit)
+    fmt = "json" if args.json else args.format
+    if fmt == "json":
+        emit(rows, True)
+    elif fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["id"])
+        writer.writeheader()
+        writer.writerows(rows)
+        sys.stdout.write(out.getvalue())
+    else:
+        print(tweet_table(rows))
+    return 0
+
+
+def tweet_table(rows: list[dict]) -> str:
+    if not rows:
+        return "no tweets match"
+    lines = [f"{'id':>6}  {'status':8}  {'temp':>4}  {'novel':>5}  text"]
+    for r in rows:
+        novelty = "copy" if r.get("copied") else f"{(r.get('novelty') or 0):.2f}"
+        lines.append(f"{r['id']:>6}  {r['status']:8}  {r['temperature']:>4.2f}  {novelty:>5}  {r['text']}")
+    return "\n".join(lines)
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    with open_store(settings) as store:
+        if args.interactive:
+            return review_interactive(store)
+        if not args.ids or args.approve == args.reject:
+            raise UsageError("give tweet ids and exactly one of --approve or --reject")
+        changed = store.review(args.ids, "approved" if args.approve else "rejected")
+    missing = len(set(args.ids)) - changed
+    emit({"changed": changed, "missing": missing}, args.json,
+         lambda d: f"{d['changed']} tweets marked" + (f", {missing} ids not found" if missing else ""))
+    return 0 if not missing else 1
+
+
+def review_interactive(store) -> int:
+    rows = store.query_samples(status="new", limit=1000)
+    print(f"{len(rows)} new tweets. a = approve, r = reject, s = skip, q = quit")
+    done = 0
+    for row in reversed(rows):
+        print(f"\n#{row['id']} (seed {row['seed']!r}, T={row['temperature']}):\n  {row['text']}")
+        answer = input("[a/r/s/q]? ").strip().lower()[:1]
+        if answer == "q":
+            break
+        if answer in ("a", "r"):
+            store.review([row["id"]], "approved" if answer == "a" else "rejected")
+            done += 1
+    print(f"reviewed {done}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .status import daemon_status, format_status
+
+    settings = settings_from(args)
+    data = daemon_status(settings)
+    emit(data, args.json, format_status)
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    with open_store(settings) as store:
+        rows = store.list_runs(args.limit)
+    emit(rows, args.json, lambda rs: "\n".join(
+        f"{r['id']:>4} {r['kind']:8} {r['status']:11} {r['started'][:19]} steps={r.get('steps')} "
+        f"bpc {r.get('val_bpc_before')} -> {r.get('val_bpc_after')} {r.get('error') or ''}" for r in rs)
+        or "no runs yet")
+    return 0
+
+
+def cmd_losses(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    with open_store(settings) as store:
+        rows = store.losses(args.run)
+    if args.plot:
+        from .plot import plot_losses
+
+        plot_losses(rows, Path(args.plot))
+        print(f"wrote {args.plot}")
+        return 0
+    emit(rows, args.json, lambda rs: "\n".join(
+        f"run {r['run_id']} step {r['step']:>7} " + (f"loss {r['loss']:.4f} lr {r['learning_rate']:.2e}"
+        if r["kind"] == "train" else f"validation {r['val_bpc']} bits/char") for r in rs)
+        or "no losses yet")
+    return 0
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from .daemon import run_daemon
+
+    overrides = {k: getattr(args, k) for k in DAEMON_FLAGS if getattr(args, k, None) is not None}
+    return run_daemon(settings_from(args, **overrides))
+
+
+DAEMON_FLAGS = ("finetune_interval_minutes", "generate_interval_minutes", "min_new_lines",
+                "initial_steps", "initial_minutes", "samples_per_seed")
+
+
+# ---------------------------------------------------------------- the parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tweetgen", description="Self-hosted char-GRU tweet generator.")
+    parser.add_argument("--home", help="folder holding data/, checkpoints/, db/ (env TWEETGEN_HOME)")
+    parser.add_argument("--config", help="a TOML settings file (default: tweetgen.toml under home)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, func: Callable, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.set_defaults(func=func)
+        return p
+
+    p = command("train", cmd_train, "train from scratch or continue from the latest checkpoint")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int)
+    budget.add_argument("--minutes", type=float)
+
+    p = command("generate", cmd_generate, "generate seeded tweets")
+    p.add_argument("--seed", action="append", help="a seed text (repeatable; default: empty)")
+    p.add_argument("-n", type=int, default=1, help="samples per seed")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--random-seed", type=int)
+    p.add_argument("--mode", choices=("continue", "reply"), default="continue")
+    p.add_argument("--checkpoint", help="a checkpoint file name or step (default: the promoted one)")
+    p.add_argument("--no-store", action="store_true", help="do not record the samples")
+
+    p = command("eval", cmd_eval, "bits per character of a checkpoint on a text file")
+    p.add_argument("file")
+    p.add_argument("--checkpoint")
+
+    p = command("import-fortunes", cmd_import_fortunes, "append a fortune file's entries to the corpus")
+    p.add_argument("path", nargs="?", help="fortune file (default: the FreeBSD one)")
+
+    p = command("append", cmd_append, "append lines to the corpus (validated, locked, fsynced)")
+    p.add_argument("text", nargs="*")
+    p.add_argument("--file", help="a file of lines, or - for standard input")
+
+    p = command("tweets", cmd_tweets, "query generated tweets")
+    p.add_argument("--since", help="ISO time, e.g. 2026-12-01 or 2026-12-01T10:00")
+    p.add_argument("--seed")
+    p.add_argument("--checkpoint", type=int, help="checkpoint id")
+    p.add_argument("--status", choices=("new", "approved", "rejected"))
+    p.add_argument("--search", help="full-text search words")
+    p.add_argument("--novel-only", action="store_true")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+
+    p = command("review", cmd_review, "approve or reject tweets")
+    p.add_argument("ids", nargs="*", type=int)
+    p.add_argument("--approve", action="store_true")
+    p.add_argument("--reject", action="store_true")
+    p.add_argument("--interactive", action="store_true")
+
+    command("status", cmd_status, "is the daemon alive; checkpoints, waiting lines, last runs")
+    p = command("runs", cmd_runs, "training and fine-tune runs")
+    p.add_argument("--limit", type=int, default=20)
+    p = command("losses", cmd_losses, "training losses and validation bits/char")
+    p.add_argument("--run", type=int)
+    p.add_argument("--plot", help="write a PNG of the curves (needs the `plot` extra)")
+
+    p = command("daemon", cmd_daemon, "run the scheduler in the foreground")
+    for flag in DAEMON_FLAGS:
+        kind = int if flag in ("min_new_lines", "initial_steps", "samples_per_seed") else float
+        p.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    from .errors import KNOWN_ERRORS
+
+    try:
+        return args.func(args)
+    except (UsageError, ConfigError, *KNOWN_ERRORS) as exc:
+        print(f"tweetgen: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

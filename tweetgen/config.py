@@ -1,0 +1,229 @@
+"""All settings in one place: defaults, then tweetgen.toml, then TWEETGEN_* env, then CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names it and says what to do."""
+
+
+@dataclass
+class Settings:
+    # Paths: relative ones are taken under `home`, so several instances can run side by side.
+    home: Path = Path(".")
+    corpus_path: Path = Path("data/corpus.txt")
+    checkpoint_dir: Path = Path("checkpoints")
+    db_path: Path = Path("db/tweetgen.db")
+
+    # Model.
+    input_mode: str = "embedding"  # "embedding" or "onehot"
+    embedding_dim: int = 64
+    gru_sizes: tuple[int, ...] = (128, 256)
+    dropout: float = 0.1
+    vocab_min_count: int = 2  # rarer characters map to <unk>
+    max_line_chars: int = 280  # longer lines are truncated for training
+
+    # Training.
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    lr_decay_rate: float = 0.5
+    lr_decay_steps: int = 4000
+    min_learning_rate: float = 2e-4
+    clip_norm: float = 5.0
+    validation_fraction: float = 0.05
+    max_validation_lines: int = 1000  # a stable subset, so validation cost stays bounded
+    random_seed: int = 1234
+    log_every: int = 50
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    initial_steps: int = 3000
+    initial_minutes: float = 0.0  # > 0: the initial run stops after this many minutes instead
+    max_bad_steps: int = 20  # non-finite losses tolerated in one run before it stops
+
+    # Fine-tuning on appended lines.
+    finetune_interval_minutes: float = 30.0
+    ingest_check_seconds: float = 60.0  # how often to look for min_new_lines waiting
+    min_new_lines: int = 200
+    replay_ratio: float = 3.0  # old lines replayed per new line
+    finetune_epochs: float = 2.0  # passes over new+replay lines
+    finetune_min_steps: int = 10
+    finetune_max_steps: int = 1000
+    finetune_learning_rate: float = 5e-4
+    promote_tolerance_bpc: float = 0.02
+    vocab_grow_min_count: int = 5
+
+    # Generation.
+    generate_interval_minutes: float = 10.0
+    samples_per_seed: int = 4
+    temperatures: tuple[float, ...] = (0.7, 1.0)
+    top_k: int = 0
+    seeds: tuple[str, ...] = ()  # empty: the corpus's most common first words plus ""
+    max_tweet_chars: int = 140
+    novelty_ngram: int = 20
+
+    # Daemon.
+    misfire_grace_seconds: int = 600
+    heartbeat_seconds: float = 30.0
+    db_busy_timeout_seconds: float = 10.0
+
+    # Internal: the file the settings came from, for messages.
+    source: str = field(default="defaults", repr=False)
+
+    def path(self, name: str) -> Path:
+        """An absolute path setting resolved under `home`."""
+        value = Path(getattr(self, name))
+        return value if value.is_absolute() else Path(self.home) / value
+
+    @property
+    def corpus_file(self) -> Path:
+        return self.path("corpus_path")
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path("checkpoint_dir")
+
+    @property
+    def db_file(self) -> Path:
+        return self.path("db_path")
+
+    def model_config(self) -> dict[str, Any]:
+        """The settings that fix the model's shape; saved in every checkpoint."""
+        return {
+            "input_mode": self.input_mode,
+            "embedding_dim": self.embedding_dim,
+            "gru_sizes": list(self.gru_sizes),
+            "dropout": self.dropout,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in fields(self):
+            if f.name == "source":
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = str(value) if isinstance(value, Path) else (
+                list(value) if isinstance(value, tuple) else value)
+        return out
+
+
+SETTING_NAMES = {f.name for f in fields(Settings)} - {"source"}
+
+
+def _convert(name: str, value: Any, origin: str) -> Any:
+    """Coerce a TOML/env/CLI value to the type of the default, or say which setting is wrong."""
+    default = getattr(Settings(), name)
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("1", "true", "yes")
+            if not isinstance(value, bool):
+                raise ValueError(value)
+            return value
+        if isinstance(default, Path):
+            if not isinstance(value, (str, Path)):
+                raise ValueError(value)
+            return Path(value)
+        if isinstance(default, tuple):
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, (list, tuple)):
+                raise ValueError(value)
+            kind = type(default[0]) if default else str
+            if name == "seeds":
+                kind = str
+            return tuple(kind(item) for item in items)
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if isinstance(default, int):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if not isinstance(value, str):
+            raise ValueError(value)
+        return value
+    except (TypeError, ValueError):
+        kind = type(default).__name__
+        raise ConfigError(
+            f"{origin}: setting {name!r} must be {kind}, got {value!r}; fix it or remove it"
+        ) from None
+
+
+def _validate(settings: Settings) -> None:
+    if settings.input_mode not in ("embedding", "onehot"):
+        raise ConfigError(f"input_mode must be 'embedding' or 'onehot', got {settings.input_mode!r}")
+    if not settings.gru_sizes or min(settings.gru_sizes) < 1:
+        raise ConfigError("gru_sizes needs at least one positive layer size, e.g. [128, 256]")
+    if not 0 <= settings.dropout < 1:
+        raise ConfigError(f"dropout must be in [0, 1), got {settings.dropout}")
+    if not 0 < settings.validation_fraction < 0.5:
+        raise ConfigError("validation_fraction must be in (0, 0.5)")
+    if settings.batch_size < 1 or settings.max_tweet_chars < 1 or settings.keep_checkpoints < 1:
+        raise ConfigError("batch_size, max_tweet_chars and keep_checkpoints must be at least 1")
+    if any(t <= 0 for t in settings.temperatures):
+        raise ConfigError("temperatures must all be > 0")
+
+
+def apply(settings: Settings, values: Mapping[str, Any], origin: str) -> Settings:
+    """A copy of `settings` with `values` applied; unknown names are errors, None is skipped."""
+    changes = {}
+    for name, value in values.items():
+        if name not in SETTING_NAMES:
+            raise ConfigError(f"{origin}: unknown setting {name!r}; see README 'Configuration'")
+        if value is not None:
+            changes[name] = _convert(name, value, origin)
+    result = dataclasses.replace(settings, **changes)
+    _validate(result)
+    return result
+
+
+def env_values(environ: Mapping[str, str]) -> dict[str, str]:
+    """TWEETGEN_<NAME> variables for known settings (TWEETGEN_HOME included)."""
+    out = {}
+    for name in SETTING_NAMES:
+        key = "TWEETGEN_" + name.upper()
+        if key in environ:
+            out[name] = environ[key]
+    return out
+
+
+def load_settings(
+    config_file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Defaults, then the TOML file (explicit, or tweetgen.toml under home if present), env, flags."""
+    environ = os.environ if environ is None else environ
+    overrides = dict(overrides or {})
+    settings = Settings()
+    home = overrides.get("home") or environ.get("TWEETGEN_HOME") or "."
+    if config_file is None and environ.get("TWEETGEN_CONFIG"):
+        config_file = Path(environ["TWEETGEN_CONFIG"])
+    if config_file is None and (Path(home) / "tweetgen.toml").is_file():
+        config_file = Path(home) / "tweetgen.toml"
+    if config_file is not None:
+        settings = apply(settings, read_toml(config_file), str(config_file))
+        settings.source = str(config_file)
+    settings = apply(settings, env_values(environ), "environment")
+    return apply(settings, overrides, "command line")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found; create it or drop --config") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML ({exc}); fix it") from None
+    # Allow settings at the top level or under a [tweetgen] table.
+    return data.get("tweetgen", data) if isinstance(data.get("tweetgen"), dict) else data

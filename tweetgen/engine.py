@@ -1,0 +1,206 @@
+"""The engine's entry points, shared by the CLI and the daemon: train, generate, evaluate.
+
+Each takes the Settings, uses the checkpoint folder and records what it did in the store
+(runs, losses, checkpoints, samples), so every route leaves the same record.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import corpus
+from .checkpoints import Checkpoint, CheckpointError, CheckpointManager, load_checkpoint, read_meta
+from .config import Settings
+from .generate import Generator, Sample
+from .novelty import NoveltyIndex
+from .store import Store
+from .train import StepLog, bits_per_char, encode_lines
+from .trainer import RunResult, Trainer, TrainJob, build_data, model_from_checkpoint
+from .vocab import Vocab
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_manager(settings: Settings) -> CheckpointManager:
+    return CheckpointManager(settings.checkpoints, settings.keep_checkpoints)
+
+
+def load_latest_trainer(settings: Settings, manager: CheckpointManager) -> Trainer | None:
+    """The trainer of the newest checkpoint that loads; None when there is none."""
+    for path in reversed(manager.paths()):
+        try:
+            return Trainer.from_checkpoint(settings, load_checkpoint(path))
+        except (CheckpointError, ValueError, KeyError) as exc:
+            log.error("checkpoint %s unusable (%s); falling back to the previous one", path.name, exc)
+    return None
+
+
+def build_vocab(settings: Settings) -> Vocab:
+    lines = corpus.read_lines(settings.corpus_file).lines
+    if not lines:
+        raise corpus.CorpusError(f"corpus {settings.corpus_file} has no usable lines; append some text")
+    vocab = Vocab.build(lines, settings.vocab_min_count)
+    log.info("vocabulary: %d characters (+3 reserved) from %d lines", len(vocab.chars), len(lines))
+    return vocab
+
+
+class StoreRecorder:
+    """Writes a training run's losses and checkpoints to the store as they happen."""
+
+    def __init__(self, store: Store | None, run_id: int | None, manager: CheckpointManager) -> None:
+        self.store, self.run_id, self.manager = store, run_id, manager
+        self.last_checkpoint_id: int | None = None
+
+    def on_log(self, entry: StepLog) -> None:
+        if self.store is not None:
+            self.store.log_losses(self.run_id, [{
+                "step": entry.step, "loss": entry.loss, "learning_rate": entry.learning_rate,
+                "grad_norm": entry.grad_norm, "chars_per_s": entry.chars_per_s}])
+
+    def on_checkpoint(self, path: Path, meta: dict) -> None:
+        if self.store is None:
+            return
+        bpc = meta.get("val_bpc")
+        self.last_checkpoint_id = self.store.record_checkpoint(
+            str(path), meta["step"], self.run_id, meta.get("train_loss"), bpc,
+            meta["trained_through"], meta["vocab_hash"], meta["vocab_size"], meta["model_config"])
+        self.store.log_losses(self.run_id, [{"step": meta["step"], "kind": "val", "val_bpc": bpc}])
+        sync_checkpoint_flags(self.store, self.manager, latest=path)
+
+
+def sync_checkpoint_flags(store: Store, manager: CheckpointManager, latest: Path | None = None) -> None:
+    paths = manager.paths()
+    latest = latest or (paths[-1] if paths else None)
+    best, promoted = manager.best(), manager.promoted_path()
+    store.set_checkpoint_flags(latest=str(latest) if latest else None,
+                               best=str(best) if best else None,
+                               promoted=str(promoted) if promoted else None)
+    store.delete_checkpoint_rows_not_in([str(p) for p in paths])
+
+
+@dataclass
+class TrainOutcome:
+    result: RunResult
+    run_id: int | None
+    trainer: Trainer
+
+
+def train(settings: Settings, steps: int | None = None, minutes: float | None = None,
+          should_stop: Callable[[], bool] = lambda: False, store: Store | None = None,
+          on_log: Callable[[StepLog], None] | None = None) -> TrainOutcome:
+    """Train from scratch, or continue from the latest checkpoint, for a step or time budget."""
+    corpus.ensure_corpus(settings.corpus_file, settings.max_tweet_chars)
+    manager = checkpoint_manager(settings)
+    trainer = load_latest_trainer(settings, manager)
+    if trainer is None:
+        trainer = Trainer.fresh(settings, build_vocab(settings))
+    job = continued_or_new_job(settings, trainer, manager)
+    budget = steps if steps is not None else (None if minutes else settings.initial_steps)
+    job.target_step = trainer.step + budget if budget is not None else 2**62
+    deadline = time.monotonic() + minutes * 60 if minutes else None
+    data = build_data(settings, trainer.vocab, job)
+    if data.unknown_chars:
+        log.info("%d characters of the training lines are not in the vocabulary (trained as <unk>)",
+                 data.unknown_chars)
+    run_id = store.start_run("train", os.getpid(), start_step=trainer.step) if store else None
+    recorder = StoreRecorder(store, run_id, manager)
+
+    def both(entry: StepLog) -> None:
+        recorder.on_log(entry)
+        if on_log:
+            on_log(entry)
+
+    log.info("training from step %d on %d lines (%d validation), %s", trainer.step, len(data.train),
+             len(data.validation), f"{budget} steps" if budget else f"{minutes} minutes")
+    try:
+        result = trainer.run(job, data, manager, deadline, should_stop, both, recorder.on_checkpoint)
+    except Exception as exc:
+        if store:
+            store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    if store:
+        store.finish_run(run_id, "completed" if result.status != "interrupted" else "interrupted",
+                         steps=result.steps, val_bpc_after=result.val_bpc,
+                         checkpoint_id=recorder.last_checkpoint_id)
+    return TrainOutcome(result, run_id, trainer)
+
+
+def continued_or_new_job(settings: Settings, trainer: Trainer, manager: CheckpointManager) -> TrainJob:
+    """Continue the latest checkpoint's training job (same data, same position) when the corpus
+    it trained on is unchanged; else a new job over the whole corpus."""
+    end = corpus.complete_end(settings.corpus_file)
+    latest = manager.paths()[-1] if manager.paths() else None
+    if latest is not None:
+        meta = _meta_or_none(latest)
+        if meta and meta["job"]["kind"] == "train" and meta["job"]["corpus_end"] == end \
+                and meta["step"] == trainer.step:
+            return TrainJob.from_dict(meta["job"])
+    return TrainJob("train", settings.random_seed + trainer.step, 0, end, trainer.step)
+
+
+def _meta_or_none(path: Path) -> dict | None:
+    try:
+        return read_meta(path)
+    except CheckpointError:
+        return None
+
+
+# ---------------------------------------------------------------- generation
+
+
+def open_generator(settings: Settings, checkpoint: str | None = None,
+                   with_novelty: bool = True) -> tuple[Generator, Checkpoint]:
+    """A generator on the named, promoted or latest checkpoint (falling back when corrupt)."""
+    manager = checkpoint_manager(settings)
+    ckpt = manager.load_for_generation(checkpoint)
+    if ckpt is None:
+        raise CheckpointError(f"no usable checkpoint in {settings.checkpoints}; run `tweetgen train` first")
+    vocab = Vocab.from_json(ckpt.meta["vocab"])
+    novelty = None
+    if with_novelty and settings.corpus_file.exists():
+        novelty = NoveltyIndex.from_lines(corpus.read_lines(settings.corpus_file).lines,
+                                          settings.novelty_ngram)
+    generator = Generator(model_from_checkpoint(ckpt), vocab, settings.max_tweet_chars, novelty,
+                          settings.max_line_chars)
+    return generator, ckpt
+
+
+def sample_rows(samples: list[Sample], ckpt_id: int | None, ckpt: Checkpoint, source: str) -> list[dict]:
+    return [{
+        "text": s.text, "seed": s.seed, "temperature": s.temperature, "top_k": s.top_k,
+        "checkpoint_id": ckpt_id, "checkpoint_step": ckpt.step, "mean_logprob": s.mean_logprob,
+        "copied": bool(s.copied), "novelty": s.novelty, "source": source, "mode": s.mode,
+        "ended": s.ended,
+    } for s in samples]
+
+
+def store_samples(store: Store, samples: list[Sample], ckpt: Checkpoint, source: str) -> list[int]:
+    row = store.get_checkpoint(str(ckpt.path))
+    return store.add_samples(sample_rows(samples, row["id"] if row else None, ckpt, source))
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def evaluate_file(settings: Settings, path: Path, checkpoint: str | None = None) -> dict:
+    """Bits per character of a checkpoint on any text file (one entry per line, same cleaning)."""
+    manager = checkpoint_manager(settings)
+    ckpt = manager.load_for_generation(checkpoint)
+    if ckpt is None:
+        raise CheckpointError(f"no usable checkpoint in {settings.checkpoints}; run `tweetgen train` first")
+    batch = corpus.read_lines(path)
+    vocab = Vocab.from_json(ckpt.meta["vocab"])
+    sequences, unknown = encode_lines(batch.lines, vocab, settings.max_line_chars)
+    model = model_from_checkpoint(ckpt)
+    bpc = bits_per_char(model, sequences) if sequences else float("nan")
+    chars = int(sum(len(s) - 1 for s in sequences))
+    return {"file": str(path), "checkpoint": ckpt.name, "step": ckpt.step, "lines": len(batch.lines),
+            "rejected": sum(batch.rejected.values()), "characters": chars,
+            "unknown_chars": unknown, "bits_per_char": None if np.isnan(bpc) else round(bpc, 4)}

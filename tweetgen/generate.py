@@ -1,0 +1,177 @@
+"""Batched, seeded sampling: every seed x sample in one compiled loop that carries GRU state.
+
+Each row is fed its prefix (<eos>, then the seed; in reply mode <eos>, the text, <eos>) one
+character at a time, then samples from softmax(logits / T) (optionally top-k) until it samples
+<eos> or reaches the tweet limit. The work per character is O(1): one GRU-cell step per layer.
+Sampling uses stateless random ops with explicit seeds, so `random_seed` reproduces a batch.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from .errors import GenerationError
+from .model import CharGRU
+from .novelty import NoveltyIndex
+from .vocab import EOS, PAD, UNK, Vocab
+
+WORD_BOUNDARY_WINDOW = 20  # at the limit, cut back to a space if one is this close
+
+
+@dataclass
+class Sample:
+    text: str
+    seed: str
+    temperature: float
+    top_k: int
+    mode: str
+    mean_logprob: float  # mean log-probability (nats, under the model) of the generated chars
+    ended: str  # "eos" or "limit"
+    unknown_seed_chars: int
+    copied: bool | None = None
+    novelty: float | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_request(seeds: Sequence[str], n: int, temperature: float, top_k: int, max_chars: int,
+                  mode: str = "continue") -> None:
+    if not 1 <= n <= 1024:
+        raise GenerationError(f"-n must be between 1 and 1024, got {n}")
+    if not (temperature > 0 and np.isfinite(temperature)):
+        raise GenerationError(f"--temperature must be > 0, got {temperature} (use --top-k 1 for greedy)")
+    if top_k < 0:
+        raise GenerationError(f"--top-k must be >= 0, got {top_k}")
+    if mode not in ("continue", "reply"):
+        raise GenerationError(f"mode must be 'continue' or 'reply', got {mode!r}")
+    if not seeds:
+        raise GenerationError("give at least one seed (an empty seed '' is allowed)")
+    for seed in seeds:
+        if mode == "continue" and len(seed) >= max_chars:
+            raise GenerationError(
+                f"seed {seed[:30]!r}... is {len(seed)} characters; it must be under {max_chars}")
+
+
+class Generator:
+    """Samples tweets from a model; the compiled loop is traced once per model."""
+
+    def __init__(self, model: CharGRU, vocab: Vocab, max_chars: int = 140,
+                 novelty: NoveltyIndex | None = None, max_context: int = 280) -> None:
+        self.model = model
+        self.vocab = vocab
+        self.max_chars = max_chars
+        self.novelty = novelty
+        self.max_context = max_context
+        self._loop = tf.function(
+            self._sample_loop,
+            input_signature=[
+                tf.TensorSpec((None, None), tf.int32),  # prefixes, padded
+                tf.TensorSpec((None,), tf.int32),  # prefix lengths
+                tf.TensorSpec((None,), tf.int32),  # characters each row may generate
+                tf.TensorSpec((None,), tf.float32),  # temperatures
+                tf.TensorSpec((), tf.int32),  # top-k (0: off)
+                tf.TensorSpec((2,), tf.int64),  # random seed
+            ],
+        )
+
+    # ---- the compiled loop
+
+    def _sample_loop(self, prefix, prefix_len, budget, temperature, top_k, seed):
+        batch = tf.shape(prefix)[0]
+        prefix_width = tf.shape(prefix)[1]
+        total = tf.reduce_max(prefix_len) + tf.reduce_max(budget)
+        vocab_size = self.model.vocab_size
+        # Never sample padding or <unk>.
+        banned = tf.scatter_nd([[PAD], [UNK]], [True, True], [vocab_size])
+        neg_inf = tf.fill([batch, vocab_size], tf.constant(-1e9, tf.float32))
+
+        def body(t, token, states, done, generated, logprob_sum, out):
+            logits, states = self.model.step(token, states)
+            logits = tf.cast(logits, tf.float32)
+            scaled = tf.where(banned[None, :], neg_inf, logits / temperature[:, None])
+            if_top_k = tf.math.top_k(scaled, tf.maximum(top_k, 1)).values[:, -1:]
+            scaled = tf.where((top_k > 0) & (scaled < if_top_k), neg_inf, scaled)
+            draw = tf.random.stateless_categorical(scaled, 1, seed=seed + tf.stack([0, tf.cast(t, tf.int64)]))
+            draw = tf.cast(draw[:, 0], tf.int32)
+            next_t = t + 1
+            forced = next_t < prefix_len
+            forced_token = tf.gather(prefix, tf.minimum(next_t, prefix_width - 1), axis=1)
+            sampling = tf.logical_and(tf.logical_not(forced), tf.logical_not(done))
+            log_probs = tf.nn.log_softmax(logits)
+            picked = tf.gather(log_probs, draw, axis=1, batch_dims=1)
+            logprob_sum += tf.where(sampling & (draw != EOS), picked, 0.0)
+            generated += tf.cast(sampling & (draw != EOS), tf.int32)
+            done = done | (sampling & ((draw == EOS) | (generated >= budget)))
+            out = out.write(t, tf.where(sampling, draw, PAD))
+            token = tf.where(forced, forced_token, draw)
+            return next_t, token, states, done, generated, logprob_sum, out
+
+        def cond(t, token, states, done, *_):
+            return tf.logical_and(t < total, tf.logical_not(tf.reduce_all(done)))
+
+        start = (
+            tf.constant(0),
+            prefix[:, 0],
+            self.model.initial_state(batch),
+            budget <= 0,
+            tf.zeros([batch], tf.int32),
+            tf.zeros([batch], tf.float32),
+            tf.TensorArray(tf.int32, size=0, dynamic_size=True),
+        )
+        _, _, _, _, generated, logprob_sum, out = tf.while_loop(cond, body, start)
+        return tf.transpose(out.stack()), generated, logprob_sum
+
+    # ---- the Python side
+
+    def generate(self, seeds: Sequence[str], n: int = 1, temperature: float = 0.8, top_k: int = 0,
+                 random_seed: int | None = None, mode: str = "continue") -> list[Sample]:
+        """n samples for each seed, all in one batch; results ordered seed by seed."""
+        check_request(seeds, n, temperature, top_k, self.max_chars, mode)
+        rows = [seed for seed in seeds for _ in range(n)]
+        prefixes, lengths, budgets, unknown = [], [], [], []
+        for seed in rows:
+            ids, n_unknown = self.vocab.encode(seed if mode == "continue" else seed[-self.max_context:])
+            tail = [EOS] if mode == "reply" else []
+            prefixes.append(np.concatenate([[EOS], ids, tail]).astype(np.int32))
+            lengths.append(len(prefixes[-1]))
+            budgets.append(self.max_chars - (len(seed) if mode == "continue" else 0))
+            unknown.append(n_unknown)
+        width = max(lengths)
+        prefix = np.full((len(rows), width), PAD, np.int32)
+        for i, p in enumerate(prefixes):
+            prefix[i, : len(p)] = p
+        if random_seed is None:
+            random_seed = secrets.randbits(62)
+        out, generated, logprob_sum = self._loop(
+            tf.constant(prefix), tf.constant(lengths, tf.int32), tf.constant(budgets, tf.int32),
+            tf.fill([len(rows)], tf.constant(temperature, tf.float32)), tf.constant(top_k, tf.int32),
+            tf.constant([random_seed, 0], tf.int64))
+        return [self._sample(rows[i], out[i].numpy(), int(generated[i]), float(logprob_sum[i]),
+                             temperature, top_k, mode, unknown[i]) for i in range(len(rows))]
+
+    def _sample(self, seed: str, tokens: np.ndarray, generated: int, logprob_sum: float,
+                temperature: float, top_k: int, mode: str, unknown: int) -> Sample:
+        ids = [t for t in tokens if t != PAD]
+        ended = "eos" if EOS in ids else "limit"
+        if EOS in ids:
+            ids = ids[: ids.index(EOS)]
+        text = (seed if mode == "continue" else "") + self.vocab.decode(ids)
+        if ended == "limit":
+            text = cut_at_word_boundary(text, len(seed) if mode == "continue" else 0)
+        text = text[: self.max_chars]
+        sample = Sample(text, seed, temperature, top_k, mode, logprob_sum / max(generated, 1), ended, unknown)
+        if self.novelty is not None:
+            sample.copied, sample.novelty = self.novelty.score(text)
+        return sample
+
+
+def cut_at_word_boundary(text: str, keep: int) -> str:
+    """Cut a text that hit the limit back to its last space, if one is near the end."""
+    cut = text.rfind(" ", max(keep, len(text) - WORD_BOUNDARY_WINDOW))
+    return text[:cut].rstrip() if cut > keep else text

@@ -1,0 +1,65 @@
+"""How much of a generated text copies the corpus.
+
+`copied`: the text equals a corpus line. `novelty`: the share of its n-character substrings
+(n = 20 by default) that appear nowhere in the corpus. The index keeps a sorted array of 64-bit
+hashes of every n-gram (8 bytes each), built with numpy, and line hashes for exact copies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Iterable
+
+import numpy as np
+
+BASE = np.uint64(1_000_003)
+
+
+def _codepoints(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+
+
+def ngram_hashes(text: str, n: int) -> np.ndarray:
+    """Polynomial hashes (mod 2**64) of every n-character window of `text`."""
+    if len(text) < n:
+        return np.empty(0, np.uint64)
+    codes = _codepoints(text) + np.uint64(1)
+    powers = BASE ** np.arange(n - 1, -1, -1, dtype=np.uint64)
+    windows = np.lib.stride_tricks.sliding_window_view(codes, n)
+    with np.errstate(over="ignore"):
+        return (windows * powers).sum(axis=1, dtype=np.uint64)
+
+
+def _line_key(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+
+
+class NoveltyIndex:
+    def __init__(self, n: int = 20) -> None:
+        self.n = n
+        self._ngrams = np.empty(0, np.uint64)
+        self._lines: set[bytes] = set()
+
+    @classmethod
+    def from_lines(cls, lines: Iterable[str], n: int = 20) -> "NoveltyIndex":
+        index = cls(n)
+        index.add(lines)
+        return index
+
+    def add(self, lines: Iterable[str]) -> None:
+        parts = [self._ngrams]
+        for line in lines:
+            self._lines.add(_line_key(line))
+            parts.append(ngram_hashes(line, self.n))
+        self._ngrams = np.unique(np.concatenate(parts))
+
+    def score(self, text: str) -> tuple[bool, float]:
+        """(copied, novelty). A text shorter than n is fully novel unless it is a copy."""
+        copied = _line_key(text) in self._lines
+        hashes = ngram_hashes(text, self.n)
+        if hashes.size == 0:
+            return copied, 0.0 if copied else 1.0
+        found = np.searchsorted(self._ngrams, hashes)
+        found = np.minimum(found, max(self._ngrams.size - 1, 0))
+        seen = self._ngrams[found] == hashes if self._ngrams.size else np.zeros(hashes.size, bool)
+        return copied, float(1.0 - seen.mean())

@@ -1,0 +1,189 @@
+"""Training: length-bucketed batches, the masked loss, the compiled step, validation bits/char.
+
+One corpus line is one sequence: <eos> (the "previous line ended" context), its characters,
+then <eos>. Batches are padded to their longest line and the loss is masked on padding, so
+padding a batch longer never changes its loss (the GRU is causal, padding comes last).
+
+Everything random is derived from (run seed, epoch) for the data order and (run seed, step) for
+dropout, so a run resumed from a checkpoint draws exactly what the uninterrupted run drew.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .model import CharGRU
+from .vocab import EOS, PAD, Vocab
+
+log = logging.getLogger(__name__)
+
+LN2 = math.log(2.0)
+
+
+# ---------------------------------------------------------------- sequences and batches
+
+
+def encode_lines(lines: Sequence[str], vocab: Vocab, max_chars: int) -> tuple[list[np.ndarray], int]:
+    """[<eos>, chars..., <eos>] per line (truncated to max_chars), and the unknown-char count."""
+    sequences, unknown = [], 0
+    for line in lines:
+        ids, n_unknown = vocab.encode(line[:max_chars])
+        unknown += n_unknown
+        tail = [EOS] if len(line) <= max_chars else []
+        sequences.append(np.concatenate([[EOS], ids, tail]).astype(np.int32))
+    return sequences, unknown
+
+
+def pad_batch(sequences: Sequence[np.ndarray], length: int | None = None) -> np.ndarray:
+    length = length or max(len(s) for s in sequences)
+    batch = np.full((len(sequences), length), PAD, dtype=np.int32)
+    for row, seq in enumerate(sequences):
+        batch[row, : len(seq)] = seq
+    return batch
+
+
+def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """Index batches for one epoch: shuffled, then sorted by length within large pools
+    (so batches carry little padding), then the batch order shuffled."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    pool = batch_size * 50
+    batches = []
+    for start in range(0, len(order), pool):
+        chunk = order[start : start + pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+@dataclass
+class Position:
+    """Where a run is in its data: saved in checkpoints so resume continues exactly."""
+
+    epoch: int = 0
+    batch: int = 0
+
+
+class Batcher:
+    """Deterministic stream of padded batches over fixed sequences, from a Position."""
+
+    def __init__(self, sequences: list[np.ndarray], batch_size: int, seed: int,
+                 position: Position | None = None) -> None:
+        if not sequences:
+            raise ValueError("no training lines")
+        self.sequences = sequences
+        self.lengths = np.array([len(s) for s in sequences])
+        self.batch_size = batch_size
+        self.seed = seed
+        self.position = position or Position()
+        self._plan = epoch_batches(self.lengths, batch_size, seed, self.position.epoch)
+
+    def next(self) -> np.ndarray:
+        if self.position.batch >= len(self._plan):
+            self.position = Position(self.position.epoch + 1, 0)
+            self._plan = epoch_batches(self.lengths, self.batch_size, self.seed, self.position.epoch)
+        index = self._plan[self.position.batch]
+        self.position = Position(self.position.epoch, self.position.batch + 1)
+        return pad_batch([self.sequences[i] for i in index])
+
+
+# ---------------------------------------------------------------- loss and validation
+
+
+def masked_loss_sum(targets: tf.Tensor, logits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(sum of cross-entropy in nats over non-padding targets, their count)."""
+    mask = tf.cast(tf.not_equal(targets, PAD), tf.float32)
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=tf.cast(logits, tf.float32))
+    return tf.reduce_sum(losses * mask), tf.reduce_sum(mask)
+
+
+def masked_mean_loss(model: CharGRU, batch: tf.Tensor, dropout_seed: tf.Tensor | None = None) -> tf.Tensor:
+    logits = model(batch[:, :-1], dropout_seed=dropout_seed)
+    total, count = masked_loss_sum(batch[:, 1:], logits)
+    return total / tf.maximum(count, 1.0)
+
+
+def make_eval_fn(model: CharGRU) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+    @tf.function(input_signature=[tf.TensorSpec((None, None), tf.int32)], reduce_retracing=True)
+    def eval_batch(batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return masked_loss_sum(batch[:, 1:], model(batch[:, :-1]))
+
+    return eval_batch
+
+
+def bits_per_char(model: CharGRU, sequences: Sequence[np.ndarray], batch_size: int = 128,
+                  eval_fn: Callable | None = None) -> float:
+    """Masked bits per character (end-of-text included) over all `sequences`."""
+    if not sequences:
+        return float("nan")
+    eval_fn = eval_fn or make_eval_fn(model)
+    order = np.argsort([len(s) for s in sequences], kind="stable")
+    total = count = 0.0
+    for start in range(0, len(order), batch_size):
+        batch = pad_batch([sequences[i] for i in order[start : start + batch_size]])
+        loss_sum, n = eval_fn(tf.constant(batch))
+        total += float(loss_sum)
+        count += float(n)
+    return total / max(count, 1.0) / LN2
+
+
+# ---------------------------------------------------------------- the compiled step
+
+
+def make_optimizer(model: CharGRU, learning_rate: float) -> keras.optimizers.Optimizer:
+    optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
+    optimizer.build(model.trainable_variables)
+    return optimizer
+
+
+def make_train_step(model: CharGRU, optimizer: keras.optimizers.Optimizer, clip_norm: float):
+    """A compiled step: masked loss, gradients clipped by global norm, applied only if finite."""
+    variables = model.trainable_variables
+
+    @tf.function(
+        input_signature=[tf.TensorSpec((None, None), tf.int32), tf.TensorSpec((2,), tf.int64),
+                         tf.TensorSpec((), tf.float32)],
+        reduce_retracing=True,
+    )
+    def train_step(batch: tf.Tensor, seed: tf.Tensor, loss_scale: tf.Tensor):
+        with tf.GradientTape() as tape:
+            # loss_scale is 1.0 in normal use; fault tests pass NaN to inject a bad step.
+            loss = masked_mean_loss(model, batch, dropout_seed=seed) * loss_scale
+        grads = tape.gradient(loss, variables)
+        clipped, norm = tf.clip_by_global_norm(grads, clip_norm)
+        finite = tf.logical_and(tf.math.is_finite(loss), tf.math.is_finite(norm))
+
+        def apply() -> tf.Tensor:
+            optimizer.apply(clipped, variables)
+            return tf.constant(True)
+
+        applied = tf.cond(finite, apply, lambda: tf.constant(False))
+        return loss, norm, applied
+
+    return train_step
+
+
+def learning_rate_at(step: int, base: float, decay_rate: float, decay_steps: int, floor: float) -> float:
+    """Exponential decay with a floor, as a pure function of the global step."""
+    return max(floor, base * decay_rate ** (step / max(decay_steps, 1)))
+
+
+@dataclass
+class StepLog:
+    step: int
+    loss: float
+    learning_rate: float
+    grad_norm: float
+    chars_per_s: float
+    applied: bool
+
+    def as_row(self) -> dict:
+        return asdict(self)
