@@ -10,8 +10,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from . import corpus
 from .config import ConfigError, Settings, load_settings
@@ -27,7 +28,8 @@ def setup_logging(verbose: bool = False) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("apscheduler.executors.default", "absl"):
+    # The scheduler's own lines for every heartbeat would drown the daemon's events.
+    for noisy in ("apscheduler.scheduler", "apscheduler.executors.light", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -247,14 +249,19 @@ DAEMON_FLAGS = ("finetune_interval_minutes", "generate_interval_minutes", "min_n
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tweetgen", description="Self-hosted char-GRU tweet generator.")
-    parser.add_argument("--home", help="folder holding data/, checkpoints/, db/ (env TWEETGEN_HOME)")
-    parser.add_argument("--config", help="a TOML settings file (default: tweetgen.toml under home)")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    # The global options work before or after the command name (`tweetgen daemon --home X`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", default=argparse.SUPPRESS,
+                        help="folder holding data/, checkpoints/, db/ (env TWEETGEN_HOME)")
+    common.add_argument("--config", default=argparse.SUPPRESS,
+                        help="a TOML settings file (default: tweetgen.toml under home)")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(prog="tweetgen", parents=[common],
+                                     description="Self-hosted char-GRU tweet generator.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, func: Callable, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
+        p = sub.add_parser(name, help=help, description=help, parents=[common])
         p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=func)
         return p
@@ -317,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for name, default in (("home", None), ("config", None), ("verbose", False)):
+        if not hasattr(args, name):
+            setattr(args, name, default)
     setup_logging(args.verbose)
     from .errors import KNOWN_ERRORS
 

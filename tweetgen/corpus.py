@@ -172,6 +172,18 @@ def complete_end(path: Path) -> int:
     return 0
 
 
+def count_lines_after(path: Path, start: int) -> int:
+    """Complete lines after byte `start` (cheap: counts newlines; 0 if there is no file)."""
+    if not path.is_file():
+        return 0
+    waiting = 0
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        while chunk := handle.read(READ_CHUNK):
+            waiting += chunk.count(b"\n")
+    return waiting
+
+
 # ---------------------------------------------------------------- file identity
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -94,7 +94,7 @@ class TrainOutcome:
 
 def train(settings: Settings, steps: int | None = None, minutes: float | None = None,
           should_stop: Callable[[], bool] = lambda: False, store: Store | None = None,
-          on_log: Callable[[StepLog], None] | None = None) -> TrainOutcome:
+          on_log: Callable[[StepLog], None] | None = None, kind: str = "train") -> TrainOutcome:
     """Train from scratch, or continue from the latest checkpoint, for a step or time budget."""
     corpus.ensure_corpus(settings.corpus_file, settings.max_tweet_chars)
     manager = checkpoint_manager(settings)
@@ -109,7 +109,7 @@ def train(settings: Settings, steps: int | None = None, minutes: float | None = 
     if data.unknown_chars:
         log.info("%d characters of the training lines are not in the vocabulary (trained as <unk>)",
                  data.unknown_chars)
-    run_id = store.start_run("train", os.getpid(), start_step=trainer.step) if store else None
+    run_id = store.start_run(kind, os.getpid(), start_step=trainer.step) if store else None
     recorder = StoreRecorder(store, run_id, manager)
 
     def both(entry: StepLog) -> None:
@@ -204,3 +204,58 @@ def evaluate_file(settings: Settings, path: Path, checkpoint: str | None = None)
     return {"file": str(path), "checkpoint": ckpt.name, "step": ckpt.step, "lines": len(batch.lines),
             "rejected": sum(batch.rejected.values()), "characters": chars,
             "unknown_chars": unknown, "bits_per_char": None if np.isnan(bpc) else round(bpc, 4)}
+
+
+# ---------------------------------------------------------------- scheduled and on-demand tweets
+
+
+class GeneratorCache:
+    """The promoted checkpoint's generator, reloaded when another checkpoint is promoted;
+    its novelty index follows the corpus as lines are appended."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.generator: Generator | None = None
+        self.checkpoint: Checkpoint | None = None
+        self.indexed_to = 0
+        self.novelty = NoveltyIndex(settings.novelty_ngram)
+
+    def get(self) -> tuple[Generator, Checkpoint]:
+        manager = checkpoint_manager(self.settings)
+        wanted = manager.promoted_path() or (manager.paths()[-1] if manager.paths() else None)
+        if self.generator is None or self.checkpoint is None or wanted != self.checkpoint.path:
+            generator, ckpt = open_generator(self.settings, with_novelty=False)
+            self.generator, self.checkpoint = generator, ckpt
+            log.info("generating from checkpoint %s (step %d)", ckpt.name, ckpt.step)
+        self._update_novelty()
+        self.generator.novelty = self.novelty
+        return self.generator, self.checkpoint
+
+    def _update_novelty(self) -> None:
+        path = self.settings.corpus_file
+        if not path.is_file():
+            return
+        for batch in corpus.iter_batches(path, self.indexed_to):
+            self.novelty.add(batch.lines)
+            self.indexed_to = batch.end
+
+
+def default_seeds(settings: Settings) -> list[str]:
+    """The configured seeds, else a few of the corpus's most common first words and ''."""
+    if settings.seeds:
+        return list(settings.seeds)
+    lines = corpus.read_lines(settings.corpus_file).lines if settings.corpus_file.is_file() else []
+    return corpus.common_first_words(lines, 4) + [""]
+
+
+def generate_scheduled(settings: Settings, store: Store, cache: GeneratorCache | None) -> GeneratorCache:
+    """The generate job: samples_per_seed tweets per seed per temperature, stored."""
+    cache = cache or GeneratorCache(settings)
+    generator, ckpt = cache.get()
+    seeds = default_seeds(settings)
+    stored = 0
+    for temperature in settings.temperatures:
+        samples = generator.generate(seeds, settings.samples_per_seed, temperature, settings.top_k)
+        stored += len(store_samples(store, samples, ckpt, "scheduled"))
+    log.info("stored %d tweets from %s for seeds %s", stored, ckpt.name, seeds)
+    return cache

@@ -221,7 +221,8 @@ class Trainer:
                 window_chars, window_start = 0, time.perf_counter()
             if self.step % s.checkpoint_every == 0 and self.step < job.target_step:
                 self.save(job, data, manager, on_checkpoint)
-        job.done = self.step >= job.target_step
+        # A time budget that ran out completes the job too; only a stop request leaves it open.
+        job.done = self.step >= job.target_step or status == "stopped"
         checkpoint, bpc = None, None
         if self.step > start_step or job.done:
             checkpoint, meta = self.save(job, data, manager, on_checkpoint)

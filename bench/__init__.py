@@ -1,0 +1,1 @@
+"""Benchmarks for tweetgen (`python -m bench.engine`)."""
