@@ -78,9 +78,10 @@ class Settings:
     source: str = field(default="defaults", repr=False)
 
     def path(self, name: str) -> Path:
-        """An absolute path setting resolved under `home`."""
+        """An absolute path setting resolved under `home` (absolute, so that records in the
+        database name the same file whatever the working directory)."""
         value = Path(getattr(self, name))
-        return value if value.is_absolute() else Path(self.home) / value
+        return value if value.is_absolute() else Path(self.home).absolute() / value
 
     @property
     def corpus_file(self) -> Path:

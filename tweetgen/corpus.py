@@ -15,9 +15,9 @@ import sys
 import sysconfig
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +105,15 @@ def iter_complete_lines(path: Path, start: int = 0, stop: int | None = None) -> 
                     return
                 yield offset, raw
             if len(pending) > MAX_LINE_BYTES:
-                # Skip the rest of an over-long line without holding it all in memory.
-                pending = pending[: MAX_LINE_BYTES + 1]
+                # Skip the rest of an over-long line without holding it all in memory. The
+                # offset counts every byte of it (not just the part kept for the reason).
                 skipped = _skip_to_newline(handle)
                 if skipped is None:
                     return
                 offset += len(pending) + skipped
-                yield offset, pending
+                if stop is not None and offset > stop:
+                    return
+                yield offset, pending[: MAX_LINE_BYTES + 1]
                 pending = b""
 
 
@@ -232,7 +234,7 @@ def validate_lines(lines: Iterable[str | bytes]) -> tuple[list[str], Counter]:
     """Clean each line; a line holding a newline is split into several."""
     kept, rejected = [], Counter()
     for line in lines:
-        raw = line.encode("utf-8", "surrogateescape") if isinstance(line, str) else line
+        raw = _to_bytes(line)
         for part in raw.replace(b"\r\n", b"\n").split(b"\n"):
             text, reason = clean_line(part)
             if text is None:
@@ -240,6 +242,17 @@ def validate_lines(lines: Iterable[str | bytes]) -> tuple[list[str], Counter]:
             else:
                 kept.append(text)
     return kept, rejected
+
+
+def _to_bytes(line: str | bytes) -> bytes:
+    """Bytes of a line; lone surrogates (undecodable argv bytes, broken JSON) never raise here,
+    they make the line invalid UTF-8 so it is rejected and counted."""
+    if not isinstance(line, str):
+        return line
+    try:
+        return line.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return line.encode("utf-8", "surrogatepass")
 
 
 def append_lines(path: Path, lines: Iterable[str | bytes]) -> AppendResult:

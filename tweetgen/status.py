@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .checkpoints import CheckpointManager
-from .corpus import count_lines_after
 from .config import Settings
+from .corpus import count_lines_after
 from .store import Store
 
 

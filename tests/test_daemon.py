@@ -1,0 +1,196 @@
+"""The daemon end to end: real processes, real signals, real files in a temp folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tweetgen.store import Store
+
+pytestmark = pytest.mark.slow
+
+TINY = """
+gru_sizes = [16, 16]
+embedding_dim = 8
+batch_size = 8
+initial_steps = {initial_steps}
+checkpoint_every = {checkpoint_every}
+log_every = 5
+finetune_interval_minutes = 60
+generate_interval_minutes = 0.05
+ingest_check_seconds = 1
+min_new_lines = 3
+heartbeat_seconds = 1
+samples_per_seed = 1
+temperatures = [1.0]
+finetune_min_steps = 5
+finetune_max_steps = 10
+vocab_grow_min_count = 3
+seeds = ["the", ""]
+"""
+
+WORDS = "the cat dog sat ran on a mat log fast slow big red".split()
+
+
+def make_home(tmp_path: Path, initial_steps: int = 30, checkpoint_every: int = 10) -> Path:
+    home = tmp_path / "home"
+    (home / "data").mkdir(parents=True)
+    lines = [" ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(2 + i % 6)) for i in range(200)]
+    (home / "data" / "corpus.txt").write_text("\n".join(lines) + "\n")
+    (home / "tweetgen.toml").write_text(TINY.format(initial_steps=initial_steps,
+                                                    checkpoint_every=checkpoint_every))
+    return home
+
+
+def start_daemon(home: Path, log_name: str = "daemon.log") -> subprocess.Popen:
+    log = open(home / log_name, "ab")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "run_daemon.py", "--home", str(home)],
+                            cwd=Path(__file__).resolve().parents[1], stdout=log, stderr=log, env=env)
+
+
+def tweetgen(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "tweetgen.cli", "--home", str(home), *args],
+                            capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"tweetgen {args} failed: {result.stderr}")
+    return result
+
+
+def wait_for(predicate, timeout: float = 90, what: str = "condition", proc=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"daemon exited with {proc.returncode} while waiting for {what}")
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def query(home: Path, sql: str, params=()) -> list[dict]:
+    with Store(home / "db" / "tweetgen.db") as store:
+        return list(store.db.query(sql, list(params)))
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    return proc.wait(timeout)
+
+
+def test_daemon_trains_tweets_ingests_and_stops_cleanly(tmp_path: Path) -> None:
+    home = make_home(tmp_path)
+    corpus = home / "data" / "corpus.txt"
+    daemon = start_daemon(home)
+    try:
+        db = home / "db" / "tweetgen.db"
+        wait_for(lambda: db.exists() and query(home, "select count(*) n from samples")[0]["n"] > 0,
+                 what="first tweets", proc=daemon)
+        runs = query(home, "select * from runs")
+        assert [r["kind"] for r in runs] == ["initial"] and runs[0]["status"] == "completed"
+        assert query(home, "select count(*) n from losses where run_id = ?", [runs[0]["id"]])[0]["n"] >= 6
+        initial_end = corpus.stat().st_size
+        assert query(home, "select end_offset from ingests")[0]["end_offset"] == initial_end
+
+        # A second daemon on the same home is refused with a clear message.
+        second = subprocess.run([sys.executable, "run_daemon.py", "--home", str(home)],
+                                cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                                text=True, timeout=60)
+        assert second.returncode != 0
+        assert "in use by another tweetgen daemon" in second.stderr
+
+        status = json.loads(tweetgen(home, "status", "--json").stdout)
+        assert status["daemon"]["alive"] is True and status["daemon"]["pid"] == daemon.pid
+
+        # Append a line that is not UTF-8, then 3 valid lines (one with a new character seen 3
+        # times) through the CLI, then a partial last line that must wait for its newline.
+        with open(corpus, "ab") as handle:
+            handle.write(b"bad \xff\xfe line\n")
+        tweetgen(home, "append", "the cat sat on the mat", "ñaña ñu", "a dog ran fast")
+        complete_end = corpus.stat().st_size
+        with open(corpus, "ab") as handle:
+            handle.write(b"the partial line")
+        wait_for(lambda: query(home, "select * from runs where kind='finetune' and status='completed'"),
+                 what="fine-tune run", proc=daemon)
+        ingest = query(home, "select * from ingests order by id desc limit 1")[0]
+        assert (ingest["start_offset"], ingest["end_offset"]) == (initial_end, complete_end)
+        assert ingest["lines"] == 3 and ingest["rejected"] == 1
+        assert json.loads(ingest["rejected_reasons"]) == {"invalid utf-8": 1}
+        assert ingest["new_chars"] == "ñ"
+        run = query(home, "select * from runs where kind='finetune'")[0]
+        assert run["new_lines"] + run["replay_lines"] > 0 and run["val_bpc_after"] is not None
+        assert query(home, "select count(*) n from losses where run_id = ?", [run["id"]])[0]["n"] > 0
+        ckpt = query(home, "select * from checkpoints where id = ?", [run["checkpoint_id"]])[0]
+        assert ckpt["corpus_cursor"] == complete_end and ckpt["is_latest"] == 1
+
+        # Finishing the partial line makes it the next fine-tune's only new line.
+        with open(corpus, "ab") as handle:
+            handle.write(b" is done\nline two\nline three\n")
+        wait_for(lambda: len(query(home, "select * from ingests")) == 3, what="second ingest", proc=daemon)
+        last = query(home, "select * from ingests order by id desc limit 1")[0]
+        assert last["start_offset"] == complete_end and last["lines"] == 3
+
+        # The CLI reads and reviews the live database.
+        rows = json.loads(tweetgen(home, "tweets", "--json", "--limit", "3").stdout)
+        assert rows and all(len(r["text"]) <= 140 for r in rows)
+        tweetgen(home, "review", str(rows[0]["id"]), "--approve")
+        approved = json.loads(tweetgen(home, "tweets", "--status", "approved", "--json").stdout)
+        assert [r["id"] for r in approved] == [rows[0]["id"]]
+        csv_out = tweetgen(home, "tweets", "--format", "csv", "--limit", "2").stdout
+        assert csv_out.splitlines()[0].startswith("id,")
+    finally:
+        code = stop(daemon)
+    assert code == 0
+    assert "daemon stopped" in (home / "daemon.log").read_text()
+    assert query(home, "select state from daemon")[0]["state"] == "stopped"
+    status = json.loads(tweetgen(home, "status", "--json").stdout)
+    assert status["daemon"]["alive"] is False
+
+
+def test_sigterm_mid_training_checkpoints_and_kill9_resumes(tmp_path: Path) -> None:
+    home = make_home(tmp_path, initial_steps=1_000_000, checkpoint_every=25)
+    ckpts = home / "checkpoints"
+    daemon = start_daemon(home)
+    try:
+        wait_for(lambda: ckpts.is_dir() and list(ckpts.glob("ckpt-*.npz")), what="a checkpoint",
+                 proc=daemon)
+        time.sleep(0.5)
+    finally:
+        assert stop(daemon) == 0
+    run = query(home, "select * from runs")[0]
+    assert run["status"] == "interrupted"
+    steps = sorted(int(p.stem.split("-")[1]) for p in ckpts.glob("ckpt-*.npz"))
+    assert steps[-1] == run["steps"]  # the stop wrote a checkpoint at the very step it reached
+
+    # Restart: the initial training resumes from that checkpoint; then kill -9 mid-training.
+    daemon = start_daemon(home)
+    try:
+        wait_for(lambda: "resuming the initial training at step %d" % steps[-1]
+                 in (home / "daemon.log").read_text(), what="resume", proc=daemon)
+        wait_for(lambda: max(int(p.stem.split("-")[1]) for p in ckpts.glob("ckpt-*.npz")) > steps[-1],
+                 what="a newer checkpoint", proc=daemon)
+    finally:
+        stop(daemon, signal.SIGKILL)
+    assert query(home, "select status from runs order by id")[-1]["status"] == "running"
+    latest = max(int(p.stem.split("-")[1]) for p in ckpts.glob("ckpt-*.npz"))
+
+    # After kill -9: the run left running is marked crashed and training carries on.
+    daemon = start_daemon(home)
+    try:
+        wait_for(lambda: "resuming the initial training at step %d" % latest
+                 in (home / "daemon.log").read_text(), what="resume after kill -9", proc=daemon)
+        statuses = [r["status"] for r in query(home, "select status from runs order by id")]
+        assert statuses[:2] == ["interrupted", "crashed"]
+        crashed = query(home, "select error from runs where status='crashed'")[0]
+        assert "process died" in crashed["error"]
+    finally:
+        assert stop(daemon) == 0
