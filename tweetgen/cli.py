@@ -29,7 +29,7 @@ def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The scheduler's own lines for every heartbeat would drown the daemon's events.
-    for noisy in ("apscheduler.scheduler", "apscheduler.executors.light", "absl"):
+    for noisy in ("apscheduler.scheduler", "apscheduler.executors.light", "absl", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from .checkpoints import CheckpointError
 from .config import ConfigError
 from .corpus import CorpusError
+from .plot import PlotUnavailableError
 from .store import StoreError
 
 
@@ -25,5 +26,5 @@ class NonFiniteLossError(RuntimeError):
 
 KNOWN_ERRORS: tuple[type[Exception], ...] = (
     CheckpointError, ConfigError, CorpusError, StoreError, GenerationError, LockError,
-    NonFiniteLossError,
+    NonFiniteLossError, PlotUnavailableError,
 )
