@@ -66,8 +66,10 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python bench/engine.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+if __package__ in (None, ""):  # run as `python bench/engine.py`: import from the repository root,
+    # not from bench/ (whose other modules must not shadow the standard library's)
+    sys.path[0] = str(REPO)
 
 import numpy as np
 
@@ -349,12 +351,12 @@ def run_child(role: str, workdir: Path, args: argparse.Namespace) -> dict:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     if role in ("train-base", "gen-lecture"):
         env.pop("TF_ENABLE_ONEDNN_OPTS", None)  # the lecture's way: TensorFlow's defaults
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", role, "--workdir", str(workdir),
+    cmd = [sys.executable, "-m", "bench.engine", "--child", role, "--workdir", str(workdir),
            "--minutes", str(args.minutes), "--lecture-seeds", str(args.lecture_seeds)]
     log_path = workdir / f"{role}.log"
     t = time.perf_counter()
     with open(log_path, "w") as log:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=REPO)
     if proc.returncode != 0:
         tail = log_path.read_text()[-3000:]
         raise SystemExit(f"benchmark role {role} failed (exit {proc.returncode}); log {log_path}:\n{tail}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,80 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from tweetgen.store import Store
+from daemon_helpers import make_home, query, start_daemon, stop, tweetgen, wait_for
 
 pytestmark = pytest.mark.slow
-
-TINY = """
-gru_sizes = [16, 16]
-embedding_dim = 8
-batch_size = 8
-initial_steps = {initial_steps}
-checkpoint_every = {checkpoint_every}
-log_every = 5
-finetune_interval_minutes = 60
-generate_interval_minutes = 0.05
-ingest_check_seconds = 1
-min_new_lines = 3
-heartbeat_seconds = 1
-samples_per_seed = 1
-temperatures = [1.0]
-finetune_min_steps = 5
-finetune_max_steps = 10
-vocab_grow_min_count = 3
-seeds = ["the", ""]
-"""
-
-WORDS = "the cat dog sat ran on a mat log fast slow big red".split()
-
-
-def make_home(tmp_path: Path, initial_steps: int = 30, checkpoint_every: int = 10) -> Path:
-    home = tmp_path / "home"
-    (home / "data").mkdir(parents=True)
-    lines = [" ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(2 + i % 6)) for i in range(200)]
-    (home / "data" / "corpus.txt").write_text("\n".join(lines) + "\n")
-    (home / "tweetgen.toml").write_text(TINY.format(initial_steps=initial_steps,
-                                                    checkpoint_every=checkpoint_every))
-    return home
-
-
-def start_daemon(home: Path, log_name: str = "daemon.log") -> subprocess.Popen:
-    log = open(home / log_name, "ab")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "run_daemon.py", "--home", str(home)],
-                            cwd=Path(__file__).resolve().parents[1], stdout=log, stderr=log, env=env)
-
-
-def tweetgen(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "tweetgen.cli", "--home", str(home), *args],
-                            capture_output=True, text=True, timeout=120)
-    if check and result.returncode != 0:
-        raise AssertionError(f"tweetgen {args} failed: {result.stderr}")
-    return result
-
-
-def wait_for(predicate, timeout: float = 90, what: str = "condition", proc=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"daemon exited with {proc.returncode} while waiting for {what}")
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def query(home: Path, sql: str, params=()) -> list[dict]:
-    with Store(home / "db" / "tweetgen.db") as store:
-        return list(store.db.query(sql, list(params)))
-
-
-def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    return proc.wait(timeout)
 
 
 def test_daemon_trains_tweets_ingests_and_stops_cleanly(tmp_path: Path) -> None:
@@ -174,7 +102,7 @@ def test_sigterm_mid_training_checkpoints_and_kill9_resumes(tmp_path: Path) -> N
     # Restart: the initial training resumes from that checkpoint; then kill -9 mid-training.
     daemon = start_daemon(home)
     try:
-        wait_for(lambda: "resuming the initial training at step %d" % steps[-1]
+        wait_for(lambda: f"resuming the initial training at step {steps[-1]}"
                  in (home / "daemon.log").read_text(), what="resume", proc=daemon)
         wait_for(lambda: max(int(p.stem.split("-")[1]) for p in ckpts.glob("ckpt-*.npz")) > steps[-1],
                  what="a newer checkpoint", proc=daemon)
@@ -186,7 +114,7 @@ def test_sigterm_mid_training_checkpoints_and_kill9_resumes(tmp_path: Path) -> N
     # After kill -9: the run left running is marked crashed and training carries on.
     daemon = start_daemon(home)
     try:
-        wait_for(lambda: "resuming the initial training at step %d" % latest
+        wait_for(lambda: f"resuming the initial training at step {latest}"
                  in (home / "daemon.log").read_text(), what="resume after kill -9", proc=daemon)
         statuses = [r["status"] for r in query(home, "select status from runs order by id")]
         assert statuses[:2] == ["interrupted", "crashed"]

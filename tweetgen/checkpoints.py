@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,21 +112,43 @@ class CheckpointManager:
 
     def save(self, meta: dict[str, Any], weights: list[np.ndarray], optimizer: list[np.ndarray]) -> Path:
         path = self.directory / checkpoint_name(int(meta["step"]))
-        write_atomic(path, encode_checkpoint(meta, weights, optimizer))
+        try:
+            write_atomic(path, encode_checkpoint(meta, weights, optimizer), "checkpoint-temp")
+        except OSError as exc:  # disk full, file size limit, permissions: the old files stay
+            raise CheckpointError(f"could not write checkpoint {path} ({exc.strerror or exc}); free "
+                                  "disk space: the previous checkpoint is kept and the job retries "
+                                  "at its next run") from exc
         self.rotate()
         return path
 
-    def load_latest(self) -> Checkpoint | None:
-        """The newest checkpoint that loads; corrupt ones are logged and skipped."""
-        return self._first_loadable(reversed(self.paths()))
+    def load_latest(self, check: Callable[[Checkpoint], Any] | None = None) -> Checkpoint | None:
+        """The newest checkpoint that loads; corrupt ones are logged and skipped.
 
-    def _first_loadable(self, candidates) -> Checkpoint | None:
+        `check`, when given, may raise CheckpointError for a checkpoint that loads but does not
+        fit (e.g. its weights do not match its model config): it is skipped the same way.
+        """
+        return self._first_loadable(reversed(self.paths()), check)
+
+    def _first_loadable(self, candidates, check: Callable[[Checkpoint], Any] | None = None
+                        ) -> Checkpoint | None:
         for path in candidates:
             try:
-                return load_checkpoint(path)
+                ckpt = load_checkpoint(path)
+                if check is not None:
+                    check(ckpt)
+                return ckpt
             except CheckpointError as exc:
                 log.error("%s; falling back to the previous checkpoint", exc)
         return None
+
+    def quarantine(self, path: Path, reason: str) -> Path:
+        """Move an unusable checkpoint aside (as NAME.corrupt, kept for inspection), so that it is
+        never again taken for the latest, best or promoted one."""
+        target = path.with_name(path.name + ".corrupt")
+        os.replace(path, target)
+        log.error("checkpoint %s is unusable (%s): moved aside to %s; using the previous one",
+                  path.name, reason, target.name)
+        return target
 
     def best(self) -> Path | None:
         scored = []
@@ -152,19 +175,24 @@ class CheckpointManager:
         path = self.directory / name
         return path if NAME.match(name) and path.exists() else None
 
-    def load_for_generation(self, name: str | None = None) -> Checkpoint | None:
-        """A named checkpoint, else the promoted one, else the latest; falling back when corrupt."""
+    def load_for_generation(self, name: str | None = None,
+                            check: Callable[[Checkpoint], Any] | None = None) -> Checkpoint | None:
+        """A named checkpoint, else the promoted one, else the latest; falling back when corrupt
+        (or when `check` raises CheckpointError, see load_latest). A named one never falls back."""
         if name:
             path = Path(name) if os.sep in name else self.directory / name
             if not path.exists() and name.isdigit():
                 path = self.directory / checkpoint_name(int(name))
-            return load_checkpoint(path)
+            ckpt = load_checkpoint(path)
+            if check is not None:
+                check(ckpt)
+            return ckpt
         promoted = self.promoted_path()
         candidates = list(reversed(self.paths()))
         if promoted is not None:
             step = checkpoint_step(promoted)
             candidates = [promoted] + [p for p in candidates if checkpoint_step(p) < step]
-        return self._first_loadable(candidates)
+        return self._first_loadable(candidates, check)
 
     def rotate(self) -> None:
         paths = self.paths()

@@ -138,9 +138,16 @@ def cmd_tweets(args: argparse.Namespace) -> int:
     from .store import to_utc_iso
 
     settings = settings_from(args)
+    if args.limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {args.limit}")
+    try:
+        since = to_utc_iso(args.since) if args.since else None
+    except ValueError:
+        raise UsageError(f"--since {args.since!r} is not an ISO 8601 time; "
+                         "use e.g. 2026-12-01 or 2026-12-01T10:00") from None
     with open_store(settings) as store:
         rows = store.query_samples(
-            since=to_utc_iso(args.since) if args.since else None, seed=args.seed,
+            since=since, seed=args.seed,
             checkpoint_id=args.checkpoint, status=args.status, search=args.search,
             novel_only=args.novel_only, limit=args.limit)
     fmt = "json" if args.json else args.format
@@ -237,8 +244,28 @@ def cmd_losses(args: argparse.Namespace) -> int:
 def cmd_daemon(args: argparse.Namespace) -> int:
     from .daemon import run_daemon
 
-    overrides = {k: getattr(args, k) for k in DAEMON_FLAGS if getattr(args, k, None) is not None}
+    names = (*DAEMON_FLAGS, "http_address")
+    overrides = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     return run_daemon(settings_from(args, **overrides))
+
+
+# ---------------------------------------------------------------- HTTP and chat
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .web.server import serve
+
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be between 0 and 65535, got {args.port}")
+    return serve(settings_from(args), args.host, args.port)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .chat import run_chat
+
+    if not args.verbose:
+        logging.getLogger("tweetgen").setLevel(logging.WARNING)  # keep the conversation readable
+    return run_chat(settings_from(args), args.temperature, args.mode)
 
 
 DAEMON_FLAGS = ("finetune_interval_minutes", "generate_interval_minutes", "min_new_lines",
@@ -319,6 +346,16 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in DAEMON_FLAGS:
         kind = int if flag in ("min_new_lines", "initial_steps", "samples_per_seed") else float
         p.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind)
+    p.add_argument("--http", dest="http_address", metavar="HOST:PORT",
+                   help="also serve the HTTP API and review page there (setting http_address)")
+
+    p = command("serve", cmd_serve, "serve the HTTP API and the review page")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free one)")
+
+    p = command("chat", cmd_chat, "talk to the model: each line you type gets a reply tweet")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--mode", choices=("reply", "continue"), default="reply")
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -74,6 +75,12 @@ class Settings:
     heartbeat_seconds: float = 30.0
     db_busy_timeout_seconds: float = 10.0
 
+    # HTTP API (`tweetgen serve`, `tweetgen daemon --http`).
+    http_address: str = ""  # HOST:PORT the daemon also serves HTTP on; empty: it does not
+    api_token: str = field(default="", repr=False)  # bearer token for writes (env TWEETGEN_API_TOKEN)
+    http_max_body_bytes: int = 1 << 20  # larger request bodies are refused with 413
+    http_max_generate: int = 64  # most tweets one POST /api/generate may ask for
+
     # Internal: the file the settings came from, for messages.
     source: str = field(default="defaults", repr=False)
 
@@ -107,7 +114,7 @@ class Settings:
     def as_dict(self) -> dict[str, Any]:
         out = {}
         for f in fields(self):
-            if f.name == "source":
+            if f.name in ("source", "api_token"):  # the token is a secret: never in checkpoints
                 continue
             value = getattr(self, f.name)
             out[f.name] = str(value) if isinstance(value, Path) else (
@@ -160,6 +167,18 @@ def _convert(name: str, value: Any, origin: str) -> Any:
         ) from None
 
 
+# Settings whose zero or negative value would divide by zero, never fire, or stop nothing.
+AT_LEAST_ONE = ("embedding_dim", "max_line_chars", "lr_decay_steps", "log_every", "checkpoint_every",
+                "initial_steps", "finetune_min_steps", "finetune_max_steps", "min_new_lines",
+                "samples_per_seed", "max_validation_lines", "novelty_ngram", "vocab_min_count",
+                "vocab_grow_min_count", "max_bad_steps")
+POSITIVE = ("learning_rate", "lr_decay_rate", "finetune_learning_rate", "clip_norm", "finetune_epochs",
+            "finetune_interval_minutes", "generate_interval_minutes", "ingest_check_seconds",
+            "heartbeat_seconds")
+NOT_NEGATIVE = ("min_learning_rate", "initial_minutes", "replay_ratio", "promote_tolerance_bpc",
+                "db_busy_timeout_seconds", "misfire_grace_seconds", "top_k")
+
+
 def _validate(settings: Settings) -> None:
     if settings.input_mode not in ("embedding", "onehot"):
         raise ConfigError(f"input_mode must be 'embedding' or 'onehot', got {settings.input_mode!r}")
@@ -173,6 +192,19 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("batch_size, max_tweet_chars and keep_checkpoints must be at least 1")
     if any(t <= 0 for t in settings.temperatures):
         raise ConfigError("temperatures must all be > 0")
+    for name in AT_LEAST_ONE:
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name} must be at least 1, got {getattr(settings, name)}")
+    for name in POSITIVE:
+        value = getattr(settings, name)
+        if not (value > 0 and math.isfinite(value)):
+            raise ConfigError(f"{name} must be a number > 0, got {value}")
+    for name in NOT_NEGATIVE:
+        value = getattr(settings, name)
+        if not (value >= 0 and math.isfinite(value)):
+            raise ConfigError(f"{name} must be a number >= 0, got {value}")
+    if settings.http_max_body_bytes < 1024 or settings.http_max_generate < 1:
+        raise ConfigError("http_max_body_bytes must be at least 1024 and http_max_generate at least 1")
 
 
 def apply(settings: Settings, values: Mapping[str, Any], origin: str) -> Settings:
@@ -184,7 +216,10 @@ def apply(settings: Settings, values: Mapping[str, Any], origin: str) -> Setting
         if value is not None:
             changes[name] = _convert(name, value, origin)
     result = dataclasses.replace(settings, **changes)
-    _validate(result)
+    try:
+        _validate(result)
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
     return result
 
 
@@ -225,7 +260,10 @@ def read_toml(path: Path) -> dict[str, Any]:
             data = tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found; create it or drop --config") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML ({exc}); fix it") from None
+    except OSError as exc:  # a directory, no permission
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror}); "
+                          "point --config at a TOML file") from None
     # Allow settings at the top level or under a [tweetgen] table.
     return data.get("tweetgen", data) if isinstance(data.get("tweetgen"), dict) else data

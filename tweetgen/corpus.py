@@ -19,6 +19,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import faults
+
 log = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 1 << 20  # longer complete lines are rejected, not trained
@@ -186,6 +188,18 @@ def count_lines_after(path: Path, start: int) -> int:
     return waiting
 
 
+def lines_waiting(path: Path, cursor: dict | None) -> int:
+    """Complete lines not yet ingested: those after the store's cursor ({"offset", "identity"}),
+    or all of them when the file no longer holds what the cursor read (truncated or replaced)."""
+    offset = cursor["offset"] if cursor else 0
+    try:
+        if offset and check_identity(path, offset, cursor["identity"]) is not None:
+            offset = 0
+        return count_lines_after(path, offset)
+    except OSError:  # missing, a directory, or removed while being read
+        return 0
+
+
 # ---------------------------------------------------------------- file identity
 
 
@@ -282,14 +296,25 @@ def _ends_with_newline(path: Path) -> bool:
         return handle.read(1) == b"\n"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file, fsync, rename: a crash leaves the old file or the new one."""
+def write_atomic(path: Path, data: bytes, crash_point: str | None = None) -> None:
+    """Write to a temp file, fsync, rename: a crash leaves the old file or the new one.
+
+    A failed write (disk full, file size limit) removes the temp file, so it holds no space,
+    and raises OSError with the old file untouched. `crash_point` names a fault-injection
+    point reached between the fsync and the rename (see tweetgen.faults).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if crash_point:
+        faults.crash_point(crash_point)
     os.replace(tmp, path)
     fd = os.open(path.parent, os.O_RDONLY)
     try:

@@ -83,6 +83,10 @@ class Daemon:
         self.scheduler: BlockingScheduler | None = None
         self.generator_cache: Any = None
         self.started_at = time.monotonic()
+        self.trained = False  # the start-up's training (or resume) is done; until then jobs retry it
+        self.last_error: str | None = None  # the last job error, until the next job has run
+        self.unrecorded_events: list[tuple] = []  # job events a database error kept from the store
+        self.corpus_problem: str | None = None
 
     # ---- life cycle
 
@@ -90,11 +94,24 @@ class Daemon:
         s = self.settings
         with InstanceLock(s):
             self.store = Store(s.db_file, s.db_busy_timeout_seconds)
+            http = None
             try:
+                http = self._start_http()
                 return self._run_scheduler()
             finally:
+                if http is not None:
+                    http.stop()
                 self._beat("stopped")
                 self.store.close()
+
+    def _start_http(self) -> Any:
+        """The HTTP API in a background thread when `http_address` is set. It has its own
+        generator and database connection, so its requests never wait for a job here."""
+        if not self.settings.http_address:
+            return None
+        from .web.server import ServerThread
+
+        return ServerThread.start(self.settings, self.settings.http_address)
 
     def _run_scheduler(self) -> int:
         s = self.settings
@@ -158,11 +175,32 @@ class Daemon:
             if self.stop_event.is_set():
                 return
             with self.work_lock:
+                if self.stop_event.is_set():  # a stop came while it waited for another job
+                    return
+                self._close_runs_left_running()
+                run = func
+                if job_id != "startup" and not self.trained:
+                    log.warning("the start-up did not finish (%s): retrying it now", self.last_error)
+                    run = self.startup_job
                 started = time.monotonic()
-                if func() is not False:
+                if run() is not False:
                     self._record(job_id, "executed", None, time.monotonic() - started)
 
         return job
+
+    def _close_runs_left_running(self) -> None:
+        """After a job failed, a run it started may still say 'running' (the database refused
+        the write that ends it): no job of ours runs now, so such a run is marked failed."""
+        if self.last_error is None:
+            return
+        try:
+            closed = self.store.fail_running_runs(os.getpid(), f"its job failed: {self.last_error}")
+        except StoreError as exc:
+            log.warning("runs left running not closed yet: %s", exc)
+            return
+        if closed:
+            log.warning("runs %s were left running by a failed job: marked failed", closed)
+        self.last_error = None
 
     def _on_job_event(self, event: JobExecutionEvent) -> None:
         if event.code == EVENT_JOB_MISSED:
@@ -170,15 +208,21 @@ class Daemon:
             self._record(event.job_id, "missed", None, None)
         else:
             error = f"{type(event.exception).__name__}: {event.exception}"
+            self.last_error = error
             log.error("job %s failed: %s (the daemon keeps running; it retries at the next run)",
                       event.job_id, error)
             self._record(event.job_id, "error", error, None)
 
     def _record(self, job_id: str, kind: str, error: str | None, duration: float | None) -> None:
+        """Record a job event; events the store refuses are kept and recorded with the next one."""
+        self.unrecorded_events.append((job_id, kind, error, duration))
+        del self.unrecorded_events[:-1000]
         try:
-            self.store.record_job_event(job_id, kind, error, duration)
+            while self.unrecorded_events:
+                self.store.record_job_event(*self.unrecorded_events[0])
+                self.unrecorded_events.pop(0)
         except StoreError as exc:
-            log.error("could not record job event: %s", exc)
+            log.error("job event not recorded yet (%d waiting): %s", len(self.unrecorded_events), exc)
 
     def _beat(self, state: str = "running") -> None:
         if self.store is None:
@@ -207,12 +251,13 @@ class Daemon:
             finetune.reconcile_ingests(s, self.store)
             job = loaded[1]["job"]
             if job["kind"] == "finetune" and not job["done"]:
-                self.finetune_job()
+                self.run_finetune()
         if self.stop_event.is_set():
             return
         if manager.promoted_path() is None and manager.paths():
             manager.promote(manager.paths()[-1])
-            engine.sync_checkpoint_flags(self.store, manager)
+        engine.sync_checkpoint_flags(self.store, manager)
+        self.trained = True
         self.generate_job()
 
     def initial_training(self, loaded: tuple | None) -> None:
@@ -240,28 +285,48 @@ class Daemon:
         finetune.reconcile_ingests(s, self.store)
 
     def finetune_job(self) -> None:
+        self.run_finetune()
+
+    def run_finetune(self) -> None:
         from . import finetune
 
         result = finetune.run_finetune(self.settings, self.store, self.stop_event.is_set)
         if result is None:
             log.info("fine-tune: no new lines")
-        elif result.get("promoted"):
-            self.generator_cache = None
 
     def new_lines_job(self) -> bool:
         """Fine-tune now, without waiting for the interval, once enough lines are waiting."""
-        cursor = self.store.cursor(str(self.settings.corpus_file))
-        waiting = corpus.count_lines_after(self.settings.corpus_file, cursor["offset"] if cursor else 0)
+        path = self.settings.corpus_file
+        if not self._corpus_usable(path):
+            return False
+        waiting = corpus.lines_waiting(path, self.store.cursor(str(path)))
         if waiting < self.settings.min_new_lines:
             return False
         log.info("%d new lines waiting (>= %d): fine-tuning now", waiting, self.settings.min_new_lines)
-        self.finetune_job()
+        self.run_finetune()
         return True
 
-    def generate_job(self) -> None:
-        from .engine import generate_scheduled
+    def _corpus_usable(self, path: Path) -> bool:
+        """Whether the corpus is a file; a change either way is logged (and recorded) once."""
+        problem = None if path.is_file() else (
+            f"corpus {path} is {'a directory, not a file' if path.is_dir() else 'missing'}")
+        if problem != self.corpus_problem:
+            if problem:
+                log.error("%s: fine-tunes wait until it is a file again (move it back, or "
+                          "`tweetgen append` lines to start a new one)", problem)
+                self._record("new-lines", "error", problem, None)
+            else:
+                log.info("corpus %s is a file again", path)
+            self.corpus_problem = problem
+        return problem is None
 
-        self.generator_cache = generate_scheduled(self.settings, self.store, self.generator_cache)
+    def generate_job(self) -> None:
+        from .engine import GeneratorCache, generate_scheduled
+
+        # The cache outlives a failed run: it holds the tweets a refused write did not store.
+        if self.generator_cache is None:
+            self.generator_cache = GeneratorCache(self.settings)
+        generate_scheduled(self.settings, self.store, self.generator_cache)
 
 
 def _unfinished_initial(meta: dict) -> bool:

@@ -19,8 +19,9 @@ from . import corpus
 from .checkpoints import Checkpoint, CheckpointError, CheckpointManager, load_checkpoint, read_meta
 from .config import Settings
 from .generate import Generator, Sample
+from .model import CharGRU
 from .novelty import NoveltyIndex
-from .store import Store
+from .store import Store, StoreError
 from .train import StepLog, bits_per_char, encode_lines
 from .trainer import RunResult, Trainer, TrainJob, build_data, model_from_checkpoint
 from .vocab import Vocab
@@ -32,14 +33,30 @@ def checkpoint_manager(settings: Settings) -> CheckpointManager:
     return CheckpointManager(settings.checkpoints, settings.keep_checkpoints)
 
 
-def load_latest_trainer(settings: Settings, manager: CheckpointManager) -> Trainer | None:
-    """The trainer of the newest checkpoint that loads; None when there is none."""
+def latest_trainer(settings: Settings, manager: CheckpointManager) -> tuple[Trainer, dict] | None:
+    """The trainer of the newest checkpoint that loads, with its meta; None when there is none.
+
+    A newer checkpoint that does not load (truncated, garbage, incompatible) is logged and moved
+    aside, so it is never again taken for the latest or promoted one. Only callers that hold the
+    instance lock (the daemon, `tweetgen train`) come here.
+    """
     for path in reversed(manager.paths()):
         try:
-            return Trainer.from_checkpoint(settings, load_checkpoint(path))
-        except (CheckpointError, ValueError, KeyError) as exc:
-            log.error("checkpoint %s unusable (%s); falling back to the previous one", path.name, exc)
+            ckpt = load_checkpoint(path)
+            return Trainer.from_checkpoint(settings, ckpt), ckpt.meta
+        except (CheckpointError, KeyError, TypeError, ValueError) as exc:
+            try:
+                manager.quarantine(path, str(exc))
+            except OSError as move_error:
+                log.error("checkpoint %s unusable (%s) and not moved aside (%s); falling back",
+                          path.name, exc, move_error)
     return None
+
+
+def load_latest_trainer(settings: Settings, manager: CheckpointManager) -> Trainer | None:
+    """The trainer of the newest checkpoint that loads (see latest_trainer); None when none does."""
+    loaded = latest_trainer(settings, manager)
+    return loaded[0] if loaded else None
 
 
 def build_vocab(settings: Settings) -> Vocab:
@@ -77,12 +94,32 @@ class StoreRecorder:
 
 def sync_checkpoint_flags(store: Store, manager: CheckpointManager, latest: Path | None = None) -> None:
     paths = manager.paths()
+    known = record_missing_checkpoints(store, paths)
     latest = latest or (paths[-1] if paths else None)
     best, promoted = manager.best(), manager.promoted_path()
-    store.set_checkpoint_flags(latest=str(latest) if latest else None,
-                               best=str(best) if best else None,
-                               promoted=str(promoted) if promoted else None)
+
+    def flag(path: Path | None) -> str | None:
+        return str(path) if path is not None and str(path) in known else None
+
+    store.set_checkpoint_flags(latest=flag(latest), best=flag(best), promoted=flag(promoted))
     store.delete_checkpoint_rows_not_in([str(p) for p in paths])
+
+
+def record_missing_checkpoints(store: Store, paths: list[Path]) -> set[str]:
+    """Record checkpoint files the store does not know (a crash or a database error came between
+    writing one and recording it), from their own meta. Returns the recorded paths."""
+    known = set()
+    for path in paths:
+        if store.get_checkpoint(str(path)) is None:
+            meta = _meta_or_none(path)
+            if meta is None:
+                continue
+            store.record_checkpoint(str(path), meta["step"], meta["job"].get("run_id"),
+                                    meta.get("train_loss"), meta.get("val_bpc"), meta["trained_through"],
+                                    meta["vocab_hash"], meta["vocab_size"], meta["model_config"])
+            log.info("recorded checkpoint %s, which the store did not know", path.name)
+        known.add(str(path))
+    return known
 
 
 @dataclass
@@ -109,7 +146,8 @@ def train(settings: Settings, steps: int | None = None, minutes: float | None = 
     if data.unknown_chars:
         log.info("%d characters of the training lines are not in the vocabulary (trained as <unk>)",
                  data.unknown_chars)
-    run_id = store.start_run(kind, os.getpid(), start_step=trainer.step) if store else None
+    first_step = trainer.step
+    run_id = store.start_run(kind, os.getpid(), start_step=first_step) if store else None
     recorder = StoreRecorder(store, run_id, manager)
 
     def both(entry: StepLog) -> None:
@@ -123,12 +161,13 @@ def train(settings: Settings, steps: int | None = None, minutes: float | None = 
         result = trainer.run(job, data, manager, deadline, should_stop, both, recorder.on_checkpoint)
     except Exception as exc:
         if store:
-            store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+            store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}",
+                             steps=trainer.step - first_step, bad_steps=trainer.bad_steps)
         raise
     if store:
         store.finish_run(run_id, "completed" if result.status != "interrupted" else "interrupted",
                          steps=result.steps, val_bpc_after=result.val_bpc,
-                         checkpoint_id=recorder.last_checkpoint_id)
+                         checkpoint_id=recorder.last_checkpoint_id, bad_steps=result.bad_steps)
     return TrainOutcome(result, run_id, trainer)
 
 
@@ -158,18 +197,43 @@ def _meta_or_none(path: Path) -> dict | None:
 def open_generator(settings: Settings, checkpoint: str | None = None,
                    with_novelty: bool = True) -> tuple[Generator, Checkpoint]:
     """A generator on the named, promoted or latest checkpoint (falling back when corrupt)."""
-    manager = checkpoint_manager(settings)
-    ckpt = manager.load_for_generation(checkpoint)
-    if ckpt is None:
-        raise CheckpointError(f"no usable checkpoint in {settings.checkpoints}; run `tweetgen train` first")
-    vocab = Vocab.from_json(ckpt.meta["vocab"])
+    ckpt, model, vocab = load_usable_checkpoint(checkpoint_manager(settings), checkpoint)
     novelty = None
     if with_novelty and settings.corpus_file.exists():
         novelty = NoveltyIndex.from_lines(corpus.read_lines(settings.corpus_file).lines,
                                           settings.novelty_ngram)
-    generator = Generator(model_from_checkpoint(ckpt), vocab, settings.max_tweet_chars, novelty,
-                          settings.max_line_chars)
+    generator = Generator(model, vocab, settings.max_tweet_chars, novelty, settings.max_line_chars)
     return generator, ckpt
+
+
+def model_and_vocab(ckpt: Checkpoint) -> tuple[CharGRU, Vocab]:
+    """The checkpoint's model and vocabulary; one that does not fit is a CheckpointError naming it."""
+    try:
+        vocab = Vocab.from_json(ckpt.meta["vocab"])
+        model = model_from_checkpoint(ckpt)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"checkpoint {ckpt.path} is incompatible ({type(exc).__name__}: {exc})") from None
+    if model.vocab_size != vocab.size:
+        raise CheckpointError(f"checkpoint {ckpt.path} is incompatible: its model has {model.vocab_size} "
+                              f"ids but its vocabulary {vocab.size}")
+    return model, vocab
+
+
+def load_usable_checkpoint(manager: CheckpointManager, name: str | None = None
+                           ) -> tuple[Checkpoint, CharGRU, Vocab]:
+    """The named, promoted or latest checkpoint with its model, falling back past corrupt and
+    incompatible ones (each logged, naming the file)."""
+    built: dict[Path, tuple[CharGRU, Vocab]] = {}
+
+    def check(ckpt: Checkpoint) -> None:
+        built[ckpt.path] = model_and_vocab(ckpt)
+
+    ckpt = manager.load_for_generation(name, check=check)
+    if ckpt is None:
+        raise CheckpointError(f"no usable checkpoint in {manager.directory}; run `tweetgen train` first")
+    model, vocab = built[ckpt.path]
+    return ckpt, model, vocab
 
 
 def sample_rows(samples: list[Sample], ckpt_id: int | None, ckpt: Checkpoint, source: str) -> list[dict]:
@@ -191,14 +255,9 @@ def store_samples(store: Store, samples: list[Sample], ckpt: Checkpoint, source:
 
 def evaluate_file(settings: Settings, path: Path, checkpoint: str | None = None) -> dict:
     """Bits per character of a checkpoint on any text file (one entry per line, same cleaning)."""
-    manager = checkpoint_manager(settings)
-    ckpt = manager.load_for_generation(checkpoint)
-    if ckpt is None:
-        raise CheckpointError(f"no usable checkpoint in {settings.checkpoints}; run `tweetgen train` first")
+    ckpt, model, vocab = load_usable_checkpoint(checkpoint_manager(settings), checkpoint)
     batch = corpus.read_lines(path)
-    vocab = Vocab.from_json(ckpt.meta["vocab"])
     sequences, unknown = encode_lines(batch.lines, vocab, settings.max_line_chars)
-    model = model_from_checkpoint(ckpt)
     bpc = bits_per_char(model, sequences) if sequences else float("nan")
     chars = int(sum(len(s) - 1 for s in sequences))
     return {"file": str(path), "checkpoint": ckpt.name, "step": ckpt.step, "lines": len(batch.lines),
@@ -219,13 +278,17 @@ class GeneratorCache:
         self.checkpoint: Checkpoint | None = None
         self.indexed_to = 0
         self.novelty = NoveltyIndex(settings.novelty_ngram)
+        self.unsaved: list[dict] = []  # generated rows a failed database write left to store
+        self.stamp: tuple = ()
 
     def get(self) -> tuple[Generator, Checkpoint]:
         manager = checkpoint_manager(self.settings)
         wanted = manager.promoted_path() or (manager.paths()[-1] if manager.paths() else None)
-        if self.generator is None or self.checkpoint is None or wanted != self.checkpoint.path:
+        # The file's change time too: a fine-tune with no steps rewrites the same step's file.
+        stamp = (wanted, _mtime(wanted))
+        if self.generator is None or self.checkpoint is None or stamp != self.stamp:
             generator, ckpt = open_generator(self.settings, with_novelty=False)
-            self.generator, self.checkpoint = generator, ckpt
+            self.generator, self.checkpoint, self.stamp = generator, ckpt, stamp
             log.info("generating from checkpoint %s (step %d)", ckpt.name, ckpt.step)
         self._update_novelty()
         self.generator.novelty = self.novelty
@@ -248,14 +311,39 @@ def default_seeds(settings: Settings) -> list[str]:
     return corpus.common_first_words(lines, 4) + [""]
 
 
+def _mtime(path: Path | None) -> int | None:
+    try:
+        return path.stat().st_mtime_ns if path is not None else None
+    except OSError:
+        return None
+
+
+MAX_UNSAVED_SAMPLES = 10_000  # tweets held in memory while the database refuses writes
+
+
 def generate_scheduled(settings: Settings, store: Store, cache: GeneratorCache | None) -> GeneratorCache:
-    """The generate job: samples_per_seed tweets per seed per temperature, stored."""
+    """The generate job: samples_per_seed tweets per seed per temperature, stored in one
+    transaction. If the store refuses the write (locked, disk full) the tweets stay in the cache
+    and the next run stores them with its own; the StoreError is raised for the job's record."""
     cache = cache or GeneratorCache(settings)
     generator, ckpt = cache.get()
     seeds = default_seeds(settings)
-    stored = 0
+    row = store.get_checkpoint(str(ckpt.path))
+    held = len(cache.unsaved)
     for temperature in settings.temperatures:
         samples = generator.generate(seeds, settings.samples_per_seed, temperature, settings.top_k)
-        stored += len(store_samples(store, samples, ckpt, "scheduled"))
-    log.info("stored %d tweets from %s for seeds %s", stored, ckpt.name, seeds)
+        cache.unsaved.extend(sample_rows(samples, row["id"] if row else None, ckpt, "scheduled"))
+    if len(cache.unsaved) > MAX_UNSAVED_SAMPLES:
+        log.warning("dropping the %d oldest unstored tweets (the database refuses writes)",
+                    len(cache.unsaved) - MAX_UNSAVED_SAMPLES)
+        del cache.unsaved[:-MAX_UNSAVED_SAMPLES]
+    try:
+        store.add_samples(cache.unsaved)
+    except StoreError:
+        log.warning("%d generated tweets kept in memory, to be stored by the next run",
+                    len(cache.unsaved))
+        raise
+    log.info("stored %d tweets from %s for seeds %s%s", len(cache.unsaved), ckpt.name, seeds,
+             f" ({held} of them kept from a run whose write failed)" if held else "")
+    cache.unsaved = []
     return cache

@@ -2,8 +2,9 @@
 
 The latest checkpoint is the truth about what the model has learned: its `trained_through`
 byte offset is where new lines start. A job writes its checkpoint first and then records the
-ingest, so a crash in between is repaired at the next start (`reconcile_ingests`); a job
-stopped part-way is saved in its checkpoint and resumed, so each line is trained as new once.
+ingest, so a crash (or a database error) in between is repaired at the next start or the next
+job (`recover`); a job stopped part-way is saved in its checkpoint and resumed, so each line is
+trained as new once.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 
-from . import corpus
-from .checkpoints import CheckpointError, CheckpointManager, load_checkpoint
+from . import corpus, faults
+from .checkpoints import CheckpointManager, checkpoint_name, checkpoint_step
 from .config import Settings
-from .engine import StoreRecorder, checkpoint_manager, sync_checkpoint_flags
+from .engine import StoreRecorder, checkpoint_manager, latest_trainer, sync_checkpoint_flags
 from .store import Store
-from .trainer import Trainer, TrainJob, build_data, finetune_steps
+from .trainer import RunResult, Trainer, TrainJob, build_data, finetune_steps
+from .vocab import Vocab
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +53,6 @@ def scan_range(settings: Settings, trainer: Trainer, start: int, end: int) -> In
     return IngestScan(start, end, lines, rejected, sum(unknown.values()), unknown)
 
 
-def latest_trainer(settings: Settings, manager: CheckpointManager) -> tuple[Trainer, dict] | None:
-    for path in reversed(manager.paths()):
-        try:
-            ckpt = load_checkpoint(path)
-            return Trainer.from_checkpoint(settings, ckpt), ckpt.meta
-        except (CheckpointError, ValueError, KeyError) as exc:
-            log.error("checkpoint %s unusable (%s); falling back to the previous one", path.name, exc)
-    return None
-
-
 def new_range_start(settings: Settings, meta: dict, store: Store) -> int:
     """Where new lines start; a truncated or replaced corpus is logged and read from 0."""
     start = int(meta["trained_through"])
@@ -78,41 +70,44 @@ def new_range_start(settings: Settings, meta: dict, store: Store) -> int:
 
 
 def grow_vocab_if_due(settings: Settings, trainer: Trainer, store: Store, scan: IngestScan) -> str:
-    """Add characters seen at least vocab_grow_min_count times (counted across ingests)."""
-    pending = Counter(json.loads(store.get_meta(PENDING_CHARS_KEY) or "{}"))
+    """Add characters seen at least vocab_grow_min_count times (counted across ingests). The
+    counts are stored with the ingest (`record`), so a job that dies does not count them twice."""
+    pending = _pending_chars(store)
     pending.update(scan.unknown)
     due = sorted(c for c, n in pending.items() if n >= settings.vocab_grow_min_count)
     if due:
         trainer.grow_vocab(due)
-        for c in due:
-            del pending[c]
-    store.set_meta(PENDING_CHARS_KEY, json.dumps(dict(pending), ensure_ascii=True))
     return "".join(due)
 
 
 def run_finetune(settings: Settings, store: Store, should_stop=lambda: False) -> dict | None:
     """One fine-tune: resume an unfinished one, or start on the new lines. None if none wait."""
+    path = settings.corpus_file
+    if not path.is_file():
+        what = "a directory, not a file" if path.is_dir() else "missing"
+        raise corpus.CorpusError(f"corpus {path} is {what}: put the corpus file back (or "
+                                 "`tweetgen append` lines to start a new one); fine-tunes wait for it")
     manager = checkpoint_manager(settings)
     loaded = latest_trainer(settings, manager)
     if loaded is None:
         log.warning("no usable checkpoint: fine-tune skipped until the initial training has run")
         return None
     trainer, meta = loaded
+    recover(settings, store, manager, trainer, meta)
     job = TrainJob.from_dict(meta["job"])
-    grown = ""
     if job.kind == "finetune" and not job.done:
         log.info("resuming the fine-tune on bytes %d-%d at step %d of %d", job.corpus_start,
                  job.corpus_end, trainer.step, job.target_step)
         scan = scan_range(settings, trainer, job.corpus_start, job.corpus_end)
     else:
         start = new_range_start(settings, meta, store)
-        end = corpus.complete_end(settings.corpus_file)
+        end = corpus.complete_end(path)
         if end <= start:
             return None
         scan = scan_range(settings, trainer, start, end)
         grown = grow_vocab_if_due(settings, trainer, store, scan)
         job = TrainJob("finetune", settings.random_seed + trainer.step, start, end, trainer.step,
-                       settings.finetune_learning_rate, settings.replay_ratio)
+                       settings.finetune_learning_rate, settings.replay_ratio, new_chars=grown)
     data = build_data(settings, trainer.vocab, job)
     resumes = job.run_id
     if resumes is None:
@@ -126,66 +121,106 @@ def run_finetune(settings: Settings, store: Store, should_stop=lambda: False) ->
     log.info("fine-tune run %d: %d new lines (%d rejected), %d replayed, %d steps, validation "
              "%.4f bits/char before", job.run_id, scan.lines, sum(scan.rejected.values()),
              data.replay_lines, job.target_step - trainer.step, job.baseline_bpc or float("nan"))
+    faults.crash_point("ingest-started")
     recorder = StoreRecorder(store, job.run_id, manager)
+    first_step = trainer.step
     try:
         result = trainer.run(job, data, manager, should_stop=should_stop, on_log=recorder.on_log,
                              on_checkpoint=recorder.on_checkpoint)
     except Exception as exc:
-        store.finish_run(job.run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        store.finish_run(job.run_id, "failed", error=f"{type(exc).__name__}: {exc}",
+                         steps=trainer.step - first_step, bad_steps=trainer.bad_steps)
         raise
     if result.status == "interrupted":
-        store.finish_run(job.run_id, "interrupted", steps=result.steps,
+        store.finish_run(job.run_id, "interrupted", steps=result.steps, bad_steps=result.bad_steps,
                          checkpoint_id=recorder.last_checkpoint_id)
         return {"run": job.run_id, "status": "interrupted"}
-    return finish(settings, store, manager, job, scan, result.val_bpc, recorder, grown, result.bad_steps)
+    return finish(settings, store, manager, job, scan, trainer, result)
+
+
+def should_promote(settings: Settings, before: float | None, after: float | None) -> bool:
+    """Promote unless validation got worse by more than the tolerance (unknown counts as not worse)."""
+    return not (_finite(before) is not None and _finite(after) is not None
+                and after > before + settings.promote_tolerance_bpc)
 
 
 def finish(settings: Settings, store: Store, manager: CheckpointManager, job: TrainJob,
-           scan: IngestScan, after: float | None, recorder: StoreRecorder, grown: str,
-           bad_steps: int) -> dict:
-    before = job.baseline_bpc
-    promote = not (_finite(before) is not None and _finite(after) is not None
-                   and after > before + settings.promote_tolerance_bpc)
-    checkpoint = manager.paths()[-1]
+           scan: IngestScan, trainer: Trainer, result: RunResult) -> dict:
+    before, after = job.baseline_bpc, result.val_bpc
+    promote = should_promote(settings, before, after)
+    checkpoint = result.checkpoint
     if promote:
         manager.promote(checkpoint)
     sync_checkpoint_flags(store, manager)
-    store.record_ingest(str(settings.corpus_file), scan.start, scan.end, scan.lines,
-                        sum(scan.rejected.values()), scan.unknown_chars, grown, job.run_id,
-                        corpus.file_identity(settings.corpus_file, scan.end), dict(scan.rejected))
-    first_step = store.get_run(job.run_id).get("start_step") or 0
+    faults.crash_point("ingest-record")
+    record(settings, store, scan, job, trainer.vocab)
     row = store.get_checkpoint(str(checkpoint))
-    store.finish_run(job.run_id, "completed", steps=job.target_step - first_step,
-                     val_bpc_after=_finite(after), promoted=int(promote),
-                     checkpoint_id=row["id"] if row else None, bad_steps=bad_steps)
+    store.finish_run(job.run_id, "completed", steps=result.steps, val_bpc_after=_finite(after),
+                     promoted=int(promote), checkpoint_id=row["id"] if row else None,
+                     bad_steps=result.bad_steps)
     log.info("fine-tune run %d done: validation %.4f -> %.4f bits/char; %s", job.run_id,
              before or float("nan"), after or float("nan"),
              "promoted" if promote else f"NOT promoted (worse by more than {settings.promote_tolerance_bpc})")
     return {"run": job.run_id, "status": "completed", "promoted": promote, "before": before, "after": after}
 
 
+def record(settings: Settings, store: Store, scan: IngestScan, job: TrainJob, vocab: Vocab) -> None:
+    """The ingest row, and the unknown-character counts it adds, in one transaction."""
+    pending = _pending_chars(store)
+    pending.update(scan.unknown)
+    left = {c: n for c, n in sorted(pending.items()) if c not in vocab}
+    store.record_ingest(str(settings.corpus_file), scan.start, scan.end, scan.lines,
+                        sum(scan.rejected.values()), scan.unknown_chars, job.new_chars, job.run_id,
+                        corpus.file_identity(settings.corpus_file, scan.end), dict(scan.rejected),
+                        meta={PENDING_CHARS_KEY: json.dumps(left, ensure_ascii=True)})
+
+
+def _pending_chars(store: Store) -> Counter:
+    return Counter(json.loads(store.get_meta(PENDING_CHARS_KEY) or "{}"))
+
+
 def reconcile_ingests(settings: Settings, store: Store) -> None:
-    """Record an ingest that a crash left unrecorded (its checkpoint was written, its row not)."""
+    """At start-up: finish what a crash left half-recorded (see `recover`)."""
     manager = checkpoint_manager(settings)
     loaded = latest_trainer(settings, manager)
-    if loaded is None:
-        return
-    trainer, meta = loaded
+    if loaded is not None:
+        recover(settings, store, manager, *loaded)
+
+
+def recover(settings: Settings, store: Store, manager: CheckpointManager, trainer: Trainer,
+            meta: dict) -> None:
+    """Record the lines the latest checkpoint trained but no ingest records: a crash (or a
+    database error) came after the checkpoint was written and before its ingest was recorded.
+    A finished fine-tune also gets the promotion decision it did not get to make."""
+    path = settings.corpus_file
     trained = int(meta["trained_through"])
-    cursor = store.cursor(str(settings.corpus_file))
+    cursor = store.cursor(str(path))
     recorded = cursor["offset"] if cursor else 0
-    if trained > recorded and settings.corpus_file.is_file():
-        job = meta["job"]
-        start = job["corpus_start"] if job["kind"] == "finetune" else 0
-        start = max(start, recorded) if job["kind"] == "finetune" else 0
-        scan = scan_range(settings, trainer, start, trained)
-        store.record_ingest(str(settings.corpus_file), start, trained, scan.lines,
-                            sum(scan.rejected.values()), scan.unknown_chars, "", job.get("run_id"),
-                            corpus.file_identity(settings.corpus_file, trained), dict(scan.rejected))
-        log.info("recorded the ingest of bytes %d-%d (trained into the latest checkpoint)", start, trained)
-    elif trained < recorded:
+    if trained < recorded:
         log.warning("the latest usable checkpoint trained through byte %d but the store recorded %d "
                     "(a newer checkpoint was lost): those lines are trained again", trained, recorded)
+    if trained <= recorded or not path.is_file():
+        return
+    job = TrainJob.from_dict(meta["job"])
+    start = max(job.corpus_start if job.kind == "finetune" else 0, recorded)
+    scan = scan_range(settings, trainer, start, trained)
+    if job.kind == "finetune" and job.done:
+        checkpoint = manager.directory / checkpoint_name(int(meta["step"]))
+        promoted = manager.promoted_path()
+        already = promoted is not None and promoted.name == checkpoint.name
+        newer = promoted is None or checkpoint_step(promoted) < int(meta["step"])
+        promote = already or (newer and should_promote(settings, job.baseline_bpc, meta.get("val_bpc")))
+        if promote and not already:
+            manager.promote(checkpoint)
+        sync_checkpoint_flags(store, manager)
+        row = store.get_checkpoint(str(checkpoint))
+        if job.run_id is not None and store.get_run(job.run_id) is not None:
+            store.update_run(job.run_id, promoted=int(promote), val_bpc_after=_finite(meta.get("val_bpc")),
+                             checkpoint_id=row["id"] if row else None)
+        log.info("fine-tune run %s had finished its checkpoint %s before it died: %s", job.run_id,
+                 checkpoint.name, "promoted" if promote else "not promoted")
+    record(settings, store, scan, job, trainer.vocab)
+    log.info("recorded the ingest of bytes %d-%d (trained into the latest checkpoint)", start, trained)
 
 
 def _finite(value: float | None) -> float | None:

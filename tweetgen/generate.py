@@ -21,6 +21,7 @@ from .novelty import NoveltyIndex
 from .vocab import EOS, PAD, UNK, Vocab
 
 WORD_BOUNDARY_WINDOW = 20  # at the limit, cut back to a space if one is this close
+MIN_TEMPERATURE = 1e-6
 
 
 @dataclass
@@ -44,8 +45,11 @@ def check_request(seeds: Sequence[str], n: int, temperature: float, top_k: int, 
                   mode: str = "continue") -> None:
     if not 1 <= n <= 1024:
         raise GenerationError(f"-n must be between 1 and 1024, got {n}")
-    if not (temperature > 0 and np.isfinite(temperature)):
-        raise GenerationError(f"--temperature must be > 0, got {temperature} (use --top-k 1 for greedy)")
+    # Below MIN_TEMPERATURE, logits / T overflows float32 (or T flushes to 0) and the draws
+    # turn to garbage, even banned ids; such a temperature is greedy anyway.
+    if not (temperature >= MIN_TEMPERATURE and np.isfinite(temperature)):
+        raise GenerationError(f"--temperature must be at least {MIN_TEMPERATURE:g}, got {temperature} "
+                              "(use --top-k 1 for greedy)")
     if top_k < 0:
         raise GenerationError(f"--top-k must be >= 0, got {top_k}")
     if mode not in ("continue", "reply"):
@@ -62,7 +66,8 @@ class Generator:
     """Samples tweets from a model; the compiled loop is traced once per model."""
 
     def __init__(self, model: CharGRU, vocab: Vocab, max_chars: int = 140,
-                 novelty: NoveltyIndex | None = None, max_context: int = 280) -> None:
+                 novelty: NoveltyIndex | None = None, max_context: int = 280,
+                 jit_compile: bool | None = None, pick_jit: bool = False) -> None:
         self.model = model
         self.vocab = vocab
         self.max_chars = max_chars
@@ -78,7 +83,9 @@ class Generator:
                 tf.TensorSpec((), tf.int32),  # top-k (0: off)
                 tf.TensorSpec((2,), tf.int64),  # random seed
             ],
+            jit_compile=jit_compile,
         )
+        self._pick = tf.function(self._pick_step, jit_compile=pick_jit) if pick_jit else self._pick_step
 
     # ---- the compiled loop
 
@@ -86,34 +93,22 @@ class Generator:
         batch = tf.shape(prefix)[0]
         prefix_width = tf.shape(prefix)[1]
         total = tf.reduce_max(prefix_len) + tf.reduce_max(budget)
-        vocab_size = self.model.vocab_size
+        # An upper bound on the steps that depends on shapes only (a fixed size for XLA).
+        capacity = prefix_width + self.max_chars
         # Never sample padding or <unk>.
-        banned = tf.scatter_nd([[PAD], [UNK]], [True, True], [vocab_size])
-        neg_inf = tf.fill([batch, vocab_size], tf.constant(-1e9, tf.float32))
+        banned = tf.scatter_nd([[PAD], [UNK]], [-1e9, -1e9], [self.model.vocab_size])
+        # The random numbers of every step at once (stateless: the seed alone decides them).
+        uniforms = tf.random.stateless_uniform([capacity, batch], seed)
 
         def body(t, token, states, done, generated, logprob_sum, out):
             logits, states = self.model.step(token, states)
-            logits = tf.cast(logits, tf.float32)
-            scaled = tf.where(banned[None, :], neg_inf, logits / temperature[:, None])
-            if_top_k = tf.math.top_k(scaled, tf.maximum(top_k, 1)).values[:, -1:]
-            scaled = tf.where((top_k > 0) & (scaled < if_top_k), neg_inf, scaled)
-            draw = tf.random.stateless_categorical(scaled, 1, seed=seed + tf.stack([0, tf.cast(t, tf.int64)]))
-            draw = tf.cast(draw[:, 0], tf.int32)
-            next_t = t + 1
-            forced = next_t < prefix_len
-            forced_token = tf.gather(prefix, tf.minimum(next_t, prefix_width - 1), axis=1)
-            sampling = tf.logical_and(tf.logical_not(forced), tf.logical_not(done))
-            log_probs = tf.nn.log_softmax(logits)
-            picked = tf.gather(log_probs, draw, axis=1, batch_dims=1)
-            logprob_sum += tf.where(sampling & (draw != EOS), picked, 0.0)
-            generated += tf.cast(sampling & (draw != EOS), tf.int32)
-            done = done | (sampling & ((draw == EOS) | (generated >= budget)))
-            out = out.write(t, tf.where(sampling, draw, PAD))
-            token = tf.where(forced, forced_token, draw)
-            return next_t, token, states, done, generated, logprob_sum, out
+            token, done, generated, logprob_sum, emitted = self._pick(
+                t, tf.cast(logits, tf.float32), prefix, prefix_len, budget, temperature, top_k,
+                uniforms[t], banned, done, generated, logprob_sum)
+            return t + 1, token, states, done, generated, logprob_sum, out.write(t, emitted)
 
         def cond(t, token, states, done, *_):
-            return tf.logical_and(t < total, tf.logical_not(tf.reduce_all(done)))
+            return (t < total) & (t < capacity) & tf.logical_not(tf.reduce_all(done))
 
         start = (
             tf.constant(0),
@@ -122,10 +117,42 @@ class Generator:
             budget <= 0,
             tf.zeros([batch], tf.int32),
             tf.zeros([batch], tf.float32),
-            tf.TensorArray(tf.int32, size=0, dynamic_size=True),
+            # Steps never written (the loop stopped early) stack as zeros, i.e. padding.
+            tf.TensorArray(tf.int32, size=capacity, element_shape=tf.TensorShape([None])),
         )
         _, _, _, _, generated, logprob_sum, out = tf.while_loop(cond, body, start)
         return tf.transpose(out.stack()), generated, logprob_sum
+
+    @staticmethod
+    def _pick_step(t, logits, prefix, prefix_len, budget, temperature, top_k, uniform, banned, done,
+                   generated, logprob_sum):
+        """One step's choice of next tokens: the forced prefix, or a draw from softmax(logits / T)."""
+        scaled = logits / temperature[:, None] + banned
+
+        def keep_top_k():
+            # A top-k beyond the vocabulary keeps every character (tf.math.top_k would raise).
+            kth = tf.math.top_k(scaled, tf.minimum(tf.maximum(top_k, 1), tf.shape(scaled)[1])).values[:, -1:]
+            return tf.where(scaled < kth, tf.constant(-1e9, scaled.dtype), scaled)
+
+        scaled = tf.cond(top_k > 0, keep_top_k, lambda: scaled)
+        # Inverse-CDF sampling from softmax(scaled) with one uniform number per row: the drawn id
+        # is the first whose cumulative probability exceeds u (an id of probability 0, banned or
+        # cut by top-k, can never be drawn). Cheaper than Gumbel noise per id, and unlike
+        # stateless_categorical it compiles under XLA.
+        weights = tf.exp(scaled - tf.reduce_max(scaled, axis=1, keepdims=True))
+        cdf = tf.cumsum(weights, axis=1)
+        below = tf.cast(cdf <= (uniform * cdf[:, -1])[:, None], tf.int32)
+        draw = tf.minimum(tf.reduce_sum(below, axis=1), tf.shape(scaled)[1] - 1)
+        next_t = t + 1
+        forced = next_t < prefix_len
+        forced_token = tf.gather(prefix, tf.minimum(next_t, tf.shape(prefix)[1] - 1), axis=1)
+        sampling = tf.logical_not(forced) & tf.logical_not(done)
+        picked = tf.gather(tf.nn.log_softmax(logits), draw, axis=1, batch_dims=1)
+        kept = sampling & (draw != EOS)
+        logprob_sum += tf.where(kept, picked, 0.0)
+        generated += tf.cast(kept, tf.int32)
+        done = done | (sampling & ((draw == EOS) | (generated >= budget)))
+        return tf.where(forced, forced_token, draw), done, generated, logprob_sum, tf.where(sampling, draw, PAD)
 
     # ---- the Python side
 
@@ -152,7 +179,8 @@ class Generator:
             tf.constant(prefix), tf.constant(lengths, tf.int32), tf.constant(budgets, tf.int32),
             tf.fill([len(rows)], tf.constant(temperature, tf.float32)), tf.constant(top_k, tf.int32),
             tf.constant([random_seed, 0], tf.int64))
-        return [self._sample(rows[i], out[i].numpy(), int(generated[i]), float(logprob_sum[i]),
+        out, generated, logprob_sum = out.numpy(), generated.numpy(), logprob_sum.numpy()
+        return [self._sample(rows[i], out[i], int(generated[i]), float(logprob_sum[i]),
                              temperature, top_k, mode, unknown[i]) for i in range(len(rows))]
 
     def _sample(self, seed: str, tokens: np.ndarray, generated: int, logprob_sum: float,

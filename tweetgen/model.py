@@ -4,15 +4,119 @@ The GRU layers are plain `keras.layers.GRU` with the default activations, `reset
 no recurrent dropout and `unroll=False`: exactly the conditions under which Keras runs them on
 the cuDNN kernel when a GPU is present. Dropout between layers is applied here, statelessly,
 from an explicit seed, so a resumed run draws the very same dropout masks.
+
+On a machine without a GPU the full-sequence pass takes a CPU fast path instead of the Keras
+layer's generic loop (`gru_sequence`): the same weights (the layer's own variables), the same
+per-step arithmetic in the same order, so the same outputs (tests/test_fastpath.py checks
+them against `keras.layers.GRU`), but the input projections of all timesteps are one large
+matrix multiply, and the backward pass is hand-written: one small matrix multiply per step for
+the recurrent gradient, with the weight gradients summed over all steps in one large multiply
+at the end. `TWEETGEN_FAST_GRU=0` turns it off, `=1` forces it; a GPU always gets the Keras
+layer (cuDNN). The single-step form used for sampling is always the Keras cell.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+
+def use_fast_gru() -> bool:
+    """Whether full-sequence GRU passes take the CPU fast path (see the module docstring)."""
+    forced = os.environ.get("TWEETGEN_FAST_GRU", "").strip().lower()
+    if forced in ("0", "false", "no", "off"):
+        return False
+    if forced in ("1", "true", "yes", "on"):
+        return True
+    return not tf.config.list_physical_devices("GPU")
+
+
+# ---------------------------------------------------------------- the CPU fast path
+
+
+def gru_sequence(gru: keras.layers.GRU, x: tf.Tensor) -> tf.Tensor:
+    """`gru(x)` (return_sequences=True, zero initial state) computed by the fast path.
+
+    x: (batch, time, features) -> (batch, time, units), with the layer's own weights.
+    """
+    cell = gru.cell
+    if not gru.built:
+        gru.build(tuple(x.shape))
+    kernel, recurrent_kernel, bias = (tf.convert_to_tensor(v) for v in
+                                      (cell.kernel, cell.recurrent_kernel, cell.bias))
+    batch, steps = tf.shape(x)[0], tf.shape(x)[1]
+    time_major = tf.transpose(x, [1, 0, 2])
+    flat = tf.reshape(time_major, [-1, tf.shape(kernel)[0]])
+    # Keras adds the input bias to x @ kernel before splitting into the z, r, h parts.
+    projected = tf.reshape(tf.matmul(flat, kernel) + bias[0], [steps, batch, 3 * cell.units])
+    initial = tf.zeros([batch, cell.units], x.dtype)
+    outputs = _gru_recurrence(projected, initial, recurrent_kernel, bias[1])
+    return tf.transpose(outputs, [1, 0, 2])
+
+
+@tf.custom_gradient
+def _gru_recurrence(projected, initial, recurrent_kernel, recurrent_bias):
+    """The recurrent part of a reset-after GRU, time-major, in Keras GRUCell's exact order.
+
+    projected (T, B, 3u) = x_t @ kernel + input_bias; returns h (T, B, u).
+    """
+    units = tf.shape(recurrent_kernel)[0]
+    steps = tf.shape(projected)[0]
+    inputs = tf.TensorArray(projected.dtype, size=steps).unstack(projected)
+
+    def step(t, h, hs, h_prevs, zrs, rs, zs, hhs, rhs):
+        matrix_x = inputs.read(t)
+        matrix_inner = tf.matmul(h, recurrent_kernel) + recurrent_bias
+        x_zr, x_h = tf.split(matrix_x, [2 * units, units], axis=1)
+        inner_zr, inner_h = tf.split(matrix_inner, [2 * units, units], axis=1)
+        zr = tf.sigmoid(x_zr + inner_zr)
+        z, r = tf.split(zr, 2, axis=1)
+        hh = tf.tanh(x_h + r * inner_h)
+        new_h = z * h + (1 - z) * hh
+        return (t + 1, new_h, hs.write(t, new_h), h_prevs.write(t, h), zrs.write(t, zr), rs.write(t, r),
+                zs.write(t, z), hhs.write(t, hh), rhs.write(t, inner_h))
+
+    # clear_after_read=False: the backward pass reads these and then stacks h_prevs (eager mode
+    # would otherwise have zeroed the elements it read).
+    arrays = [tf.TensorArray(projected.dtype, size=steps, clear_after_read=False) for _ in range(7)]
+    _, _, hs, h_prevs, zrs, rs, zs, hhs, rhs = tf.while_loop(
+        lambda t, *_: t < steps, step, (tf.constant(0), initial, *arrays))
+    outputs = hs.stack()
+
+    def grad(d_outputs):
+        d_out = tf.TensorArray(d_outputs.dtype, size=steps).unstack(d_outputs)
+        transposed = tf.transpose(recurrent_kernel)
+
+        def back(i, carry, d_projected, d_inner):
+            t = steps - 1 - i
+            z, r, hh, inner_h = zs.read(t), rs.read(t), hhs.read(t), rhs.read(t)
+            dh = d_out.read(t) + carry
+            dz = dh * (h_prevs.read(t) - hh)
+            through_z = dh * z
+            d_hh = tf.raw_ops.TanhGrad(y=hh, dy=dh - through_z)
+            d_zr = tf.raw_ops.SigmoidGrad(y=zrs.read(t), dy=tf.concat([dz, d_hh * inner_h], axis=1))
+            d_in = tf.concat([d_zr, d_hh * r], axis=1)
+            carry = through_z + tf.matmul(d_in, transposed)
+            return (i + 1, carry, d_projected.write(t, tf.concat([d_zr, d_hh], axis=1)),
+                    d_inner.write(t, d_in))
+
+        _, d_initial, d_projected, d_inner = tf.while_loop(
+            lambda i, *_: i < steps, back,
+            (tf.constant(0), tf.zeros_like(initial),
+             tf.TensorArray(projected.dtype, size=steps), tf.TensorArray(projected.dtype, size=steps)))
+        d_inner = d_inner.stack()
+        flat_inner = tf.reshape(d_inner, [-1, 3 * units])
+        d_kernel = tf.matmul(tf.reshape(h_prevs.stack(), [-1, units]), flat_inner, transpose_a=True)
+        return d_projected.stack(), d_initial, d_kernel, tf.reduce_sum(flat_inner, axis=0)
+
+    return outputs, grad
+
+
+# ---------------------------------------------------------------- the model
 
 
 class OneHot(keras.layers.Layer):
@@ -46,11 +150,12 @@ class CharGRU(keras.Model):
             for i, units in enumerate(gru_sizes)
         ]
         self.head = keras.layers.Dense(vocab_size, name="logits", dtype="float32")
+        self.fast_gru = use_fast_gru()
 
     def call(self, ids: tf.Tensor, dropout_seed: tf.Tensor | None = None) -> tf.Tensor:
         x = self.embed(ids)
         for i, gru in enumerate(self.grus):
-            x = gru(x)
+            x = gru_sequence(gru, x) if self.fast_gru else gru(x)
             x = self._dropout(x, dropout_seed, i)
         return self.head(x)
 

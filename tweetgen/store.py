@@ -20,6 +20,8 @@ from typing import Any, Self, TypeVar
 
 import sqlite_utils
 
+from . import faults
+
 SCHEMA_VERSION = 1
 APP = "tweetgen"
 
@@ -35,6 +37,9 @@ JSON_COLUMNS = {"config", "file_identity", "rejected_reasons", "next_jobs"}
 # SQLite primary result codes for "someone else holds the lock".
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
+# ... and for "the disk refused the write" (full, or over a file size limit).
+_SQLITE_IOERR = 10
+_SQLITE_FULL = 13
 
 
 class StoreError(Exception):
@@ -94,6 +99,14 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
 def _check_choice(name: str, value: str, allowed: set[str]) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {sorted(allowed)}, not {value!r}")
+
+
+def _is_write_error(error: sqlite3.OperationalError) -> bool:
+    """Disk full, or a write refused by the OS (e.g. a file size limit)."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_IOERR, _SQLITE_FULL)
+    return "disk" in str(error)
 
 
 def _is_lock_error(error: sqlite3.OperationalError) -> bool:
@@ -336,6 +349,11 @@ class Store:
         try:
             yield
         except sqlite3.OperationalError as e:
+            if _is_write_error(e):
+                raise StoreError(
+                    f"cannot write {self.path} ({e}): free disk space; nothing stored is lost "
+                    "and the job will retry"
+                ) from e
             if not _is_lock_error(e):
                 raise
             raise StoreError(
@@ -443,6 +461,20 @@ class Store:
                 "UPDATE runs SET status = 'crashed', finished = ?, error = ? "
                 "WHERE status = 'running'",
                 [utc_now(), CRASHED_ERROR],
+            )
+        return ids
+
+    @_guarded
+    def fail_running_runs(self, pid: int, error: str) -> list[int]:
+        """Runs of process `pid` still 'running' once its job has ended (a database error kept
+        the job from recording its end): marked failed with `error`."""
+        with self._transaction():
+            ids = [r["id"] for r in self._rows(
+                "SELECT id FROM runs WHERE status = 'running' AND pid = ?", [pid])]
+            self.db.execute(
+                "UPDATE runs SET status = 'failed', finished = ?, error = ? "
+                "WHERE status = 'running' AND pid = ?",
+                [utc_now(), error, pid],
             )
         return ids
 
@@ -587,7 +619,9 @@ class Store:
         run_id: int | None,
         file_identity: dict,
         rejected_reasons: dict,
+        meta: dict[str, str] | None = None,
     ) -> int:
+        """One ingest row; `meta` keys are set in the same transaction (all or nothing)."""
         row = {
             "file": str(file),
             "start_offset": start_offset,
@@ -601,7 +635,10 @@ class Store:
             "rejected_reasons": _to_json(rejected_reasons),
             "created": utc_now(),
         }
-        return self._insert("ingests", row)
+        with self._transaction():
+            for key, value in (meta or {}).items():
+                self._put_meta(key, value)
+            return self._insert("ingests", row)
 
     @_guarded
     def cursor(self, file: str) -> dict | None:
@@ -622,11 +659,12 @@ class Store:
     @_guarded
     def add_samples(self, rows: list[dict]) -> list[int]:
         now = utc_now()
+        ids = []
         with self._transaction():
-            return [
-                self._insert("samples", {"status": "new", **row, "created": now})
-                for row in rows
-            ]
+            for row in rows:
+                ids.append(self._insert("samples", {"status": "new", **row, "created": now}))
+                faults.crash_point("samples-insert")
+        return ids
 
     @staticmethod
     def _sample_filters(
@@ -711,6 +749,25 @@ class Store:
             [status, utc_now(), json.dumps([int(i) for i in sample_ids])],
         )
         return cursor.rowcount
+
+    # --- aggregates (for the Prometheus endpoint) ---------------------------
+
+    @_guarded
+    def count_by(self, table: str, *columns: str) -> list[dict]:
+        """Row counts of `table` grouped by `columns`: [{column: value, ..., "count": n}]."""
+        self._check_columns(table, dict.fromkeys(columns))
+        names = ", ".join(columns)
+        return self._rows(f"SELECT {names}, count(*) AS count FROM {table} GROUP BY {names}")
+
+    @_guarded
+    def job_durations(self) -> list[dict]:
+        """Per job: executed runs, their total and their last duration in seconds."""
+        return self._rows(
+            "SELECT job_id, count(*) AS count, total(duration_s) AS total_s, "
+            "(SELECT duration_s FROM job_events AS last WHERE last.job_id = e.job_id "
+            "AND last.event = 'executed' ORDER BY last.id DESC LIMIT 1) AS last_s "
+            "FROM job_events AS e WHERE event = 'executed' GROUP BY job_id"
+        )
 
     # --- daemon liveness and scheduler events -------------------------------
 

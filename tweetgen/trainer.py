@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import tensorflow as tf
 
-from . import corpus
+from . import corpus, faults
 from .checkpoints import Checkpoint, CheckpointError, CheckpointManager
 from .config import Settings
 from .errors import NonFiniteLossError
@@ -53,6 +53,7 @@ class TrainJob:
     done: bool = False
     baseline_bpc: float | None = None  # finetune: validation bits/char before it started
     run_id: int | None = None  # the store's run, so a resumed job continues its record
+    new_chars: str = ""  # finetune: characters the job added to the vocabulary
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,7 +143,8 @@ class Trainer:
         self.train_step = make_train_step(model, self.optimizer, settings.clip_norm)
         self.eval_fn = make_eval_fn(model)
         self.last_loss: float | None = None
-        self.loss_scale = 1.0  # set to NaN by fault tests to inject a non-finite step
+        self.loss_scale = 1.0  # multiplied into the loss; NaN makes a step non-finite (tests)
+        self.bad_steps = 0  # non-finite steps in the current or last run, also after it raised
 
     @classmethod
     def fresh(cls, settings: Settings, vocab: Vocab) -> "Trainer":
@@ -186,12 +188,14 @@ class Trainer:
             on_checkpoint: Callable[[Path, dict], None] | None = None) -> RunResult:
         """Train until the job's target step, the deadline, or should_stop(); checkpoint at the end."""
         s = self.settings
-        batcher = Batcher(data.train, s.batch_size, job.seed, job.position)
-        bad_steps = 0
+        # A job with nothing to train (e.g. every new line fell in the validation split) still
+        # completes and checkpoints, so its lines count as ingested.
+        batcher = Batcher(data.train, s.batch_size, job.seed, job.position) if data.train else None
+        bad_steps = self.bad_steps = 0
         window_chars, window_start = 0, time.perf_counter()
         start_step = self.step
         status = "completed"
-        while self.step < job.target_step:
+        while batcher is not None and self.step < job.target_step:
             if should_stop():
                 status = "interrupted"
                 break
@@ -201,11 +205,12 @@ class Trainer:
             batch = batcher.next()
             self.optimizer.learning_rate = self.learning_rate(job)
             seed = tf.constant([job.seed, self.step], tf.int64)
-            loss, norm, applied = self.train_step(tf.constant(batch), seed, tf.constant(self.loss_scale, tf.float32))
+            scale = float("nan") if faults.nan_step() else self.loss_scale
+            loss, norm, applied = self.train_step(tf.constant(batch), seed, tf.constant(scale, tf.float32))
             job.position = batcher.position
             window_chars += int(np.count_nonzero(batch[:, 1:]))
             if not bool(applied):
-                bad_steps += 1
+                bad_steps = self.bad_steps = bad_steps + 1
                 log.warning("step %d: non-finite loss (%s), not applied (%d so far)", self.step,
                             float(loss), bad_steps)
                 if bad_steps >= s.max_bad_steps:
@@ -214,6 +219,7 @@ class Trainer:
                 continue
             self.step += 1
             self.last_loss = float(loss)
+            faults.crash_point("train-step")
             if on_log and (self.step % s.log_every == 0 or self.step == job.target_step):
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
                 on_log(StepLog(self.step, float(loss), float(self.optimizer.learning_rate.numpy()),
@@ -234,6 +240,7 @@ class Trainer:
         meta = self.meta(job, self.validation_bpc(data))
         path = manager.save(meta, [w.numpy() for w in self.model.weights],
                             [v.numpy() for v in self.optimizer.variables])
+        faults.crash_point("checkpoint-saved")
         log.info("checkpoint %s: step %d, train loss %s, validation %.4f bits/char", path.name,
                  self.step, f"{self.last_loss:.4f}" if self.last_loss is not None else "-",
                  meta["val_bpc"])

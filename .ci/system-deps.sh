@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Debian packages the tests need: a headless Chromium and its matching driver (tests/test_browser.py).
+# Idempotent: does nothing when both are installed already.
+set -euo pipefail
+
+if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
+    exit 0
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-dejavu-core >/dev/null

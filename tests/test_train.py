@@ -1,0 +1,311 @@
+"""Training: learning a tiny corpus, the masked loss, batching, the single-step form, exact resume."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import PATTERNS, varied_lines, write_corpus
+
+from tweetgen import corpus, engine
+from tweetgen.checkpoints import CheckpointManager
+from tweetgen.errors import NonFiniteLossError
+from tweetgen.generate import Generator
+from tweetgen.model import build_model
+from tweetgen.train import (
+    Batcher,
+    Position,
+    bits_per_char,
+    encode_lines,
+    epoch_batches,
+    learning_rate_at,
+    masked_loss_sum,
+    masked_mean_loss,
+    pad_batch,
+)
+from tweetgen.trainer import Trainer, TrainJob, build_data, finetune_steps, validation_subset
+from tweetgen.vocab import EOS, PAD, Vocab
+
+CONFIG = {"input_mode": "embedding", "embedding_dim": 8, "gru_sizes": [16, 24], "dropout": 0.2}
+
+
+def weights(model) -> list[np.ndarray]:
+    return [v.numpy() for v in model.weights]
+
+
+# ---------------------------------------------------------------- it learns
+
+
+def test_tiny_corpus_is_learned(trained) -> None:
+    losses = trained.losses
+    assert trained.result.status == "completed" and trained.result.steps == 300
+    assert losses[0] > 0.5  # it started from ignorance...
+    assert losses[-1] < 0.3  # ...and learned the patterns (about 0.06 nats/char is the floor)
+    assert trained.result.train_loss == pytest.approx(losses[-1])
+    generator = Generator(trained.trainer.model, trained.vocab)
+    for pattern in PATTERNS:
+        [sample] = generator.generate([pattern[:3]], top_k=1, random_seed=0)
+        assert sample.text == pattern
+        assert sample.ended == "eos"
+
+
+def test_bits_per_char_of_the_learned_corpus_is_low(trained) -> None:
+    sequences, unknown = encode_lines(list(PATTERNS), trained.vocab, 280)
+    assert unknown == 0
+    bpc = bits_per_char(trained.trainer.model, sequences)
+    fresh = build_model(trained.vocab.size, trained.settings.model_config())
+    assert bpc < 0.6
+    assert bits_per_char(fresh, sequences) > 3.0  # about log2(vocab size) before training
+
+
+# ---------------------------------------------------------------- sequences and the masked loss
+
+
+def test_encode_lines_frames_each_line_with_eos() -> None:
+    vocab = Vocab.build(["abc"])
+    (seq,), unknown = encode_lines(["abx"], vocab, 280)
+    a, b = vocab.encode("ab")[0]
+    assert seq.tolist() == [EOS, a, b, 2, EOS] and unknown == 1
+    (cut,), _ = encode_lines(["abcabc"], vocab, 4)
+    assert len(cut) == 1 + 4 and cut[-1] != EOS  # truncated: no end-of-text to learn
+
+
+def test_pad_batch() -> None:
+    batch = pad_batch([np.array([1, 5, 1]), np.array([1, 1])], length=5)
+    assert batch.tolist() == [[1, 5, 1, 0, 0], [1, 1, 0, 0, 0]]
+    assert pad_batch([np.array([1, 5, 1]), np.array([1, 1])]).shape == (2, 3)
+
+
+def test_loss_does_not_change_when_the_batch_is_padded_longer() -> None:
+    lines = ["a short one", "a rather longer line of text here", "x", "mid length"]
+    vocab = Vocab.build(lines)
+    model = build_model(vocab.size, CONFIG)
+    sequences, _ = encode_lines(lines, vocab, 280)
+    tight = pad_batch(sequences)
+    loose = pad_batch(sequences, tight.shape[1] + 23)
+    assert loose.shape[1] > tight.shape[1]
+    loss_tight = float(masked_mean_loss(model, tf.constant(tight)))
+    loss_loose = float(masked_mean_loss(model, tf.constant(loose)))
+    assert loss_loose == pytest.approx(loss_tight, rel=1e-6)
+
+    # And it equals the loss of each line alone, without any padding at all.
+    total = count = 0.0
+    for seq in sequences:
+        s, n = masked_loss_sum(tf.constant(seq[None, 1:]), model(tf.constant(seq[None, :-1])))
+        total, count = total + float(s), count + float(n)
+    assert count == sum(len(s) - 1 for s in sequences)
+    assert loss_tight == pytest.approx(total / count, rel=1e-5)
+
+
+def test_bits_per_char_does_not_depend_on_batching() -> None:
+    lines = varied_lines(30)
+    vocab = Vocab.build(lines)
+    model = build_model(vocab.size, CONFIG)
+    sequences, _ = encode_lines(lines, vocab, 280)
+    assert bits_per_char(model, sequences, batch_size=4) == pytest.approx(
+        bits_per_char(model, sequences, batch_size=128), rel=1e-5)
+    assert math.isnan(bits_per_char(model, []))
+
+
+def test_padding_targets_are_masked() -> None:
+    targets = tf.constant([[3, 4, PAD, PAD]])
+    logits = tf.random.stateless_normal((1, 4, 6), seed=[1, 2])
+    total, count = masked_loss_sum(targets, logits)
+    expected, _ = masked_loss_sum(targets[:, :2], logits[:, :2])
+    assert float(count) == 2.0
+    assert float(total) == pytest.approx(float(expected), rel=1e-6)
+
+
+# ---------------------------------------------------------------- the single-step form
+
+
+@pytest.mark.parametrize("input_mode", ["embedding", "onehot"])
+def test_single_step_equals_the_full_model(input_mode: str) -> None:
+    vocab = Vocab.build(["the quick brown fox"])
+    model = build_model(vocab.size, dict(CONFIG, input_mode=input_mode))
+    ids = np.stack([vocab.encode("the quick brown")[0], vocab.encode("fox the quick b")[0]])
+    full = model(tf.constant(ids)).numpy()
+    states = model.initial_state(2)
+    stepped = []
+    for t in range(ids.shape[1]):
+        logits, states = model.step(tf.constant(ids[:, t]), states)
+        stepped.append(logits.numpy())
+    np.testing.assert_allclose(np.stack(stepped, axis=1), full, atol=1e-5)
+
+
+# ---------------------------------------------------------------- batching
+
+
+def test_epoch_batches_cover_every_line_once_and_are_reproducible() -> None:
+    lengths = np.array([3, 10, 4, 7, 7, 2, 9, 5, 6, 8, 3])
+    batches = epoch_batches(lengths, 4, seed=5, epoch=0)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(len(lengths)))
+    assert all(len(b) <= 4 for b in batches)
+    again = epoch_batches(lengths, 4, seed=5, epoch=0)
+    assert [b.tolist() for b in again] == [b.tolist() for b in batches]
+    other = epoch_batches(lengths, 4, seed=5, epoch=1)
+    assert [b.tolist() for b in other] != [b.tolist() for b in batches]
+
+
+def test_batches_group_similar_lengths() -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(2, 140, size=2000)
+    batches = epoch_batches(lengths, 32, seed=1, epoch=0)
+    padding = sum(len(b) * lengths[b].max() - lengths[b].sum() for b in batches)
+    assert padding / lengths.sum() < 0.05  # random batches would pad about 90%
+
+
+def test_batcher_resumes_from_a_position() -> None:
+    sequences = [np.arange(1, 2 + i % 7, dtype=np.int32) for i in range(23)]
+    whole = Batcher(sequences, 5, seed=3)
+    stream = [whole.next() for _ in range(13)]  # crosses two epoch boundaries (5 batches each)
+    assert whole.position == Position(2, 3)
+    first = Batcher(sequences, 5, seed=3)
+    head = [first.next() for _ in range(7)]
+    resumed = Batcher(sequences, 5, seed=3, position=first.position)
+    tail = [resumed.next() for _ in range(6)]
+    for a, b in zip(stream, head + tail, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError):
+        Batcher([], 5, seed=3)
+
+
+def test_learning_rate_decays_exponentially_to_a_floor() -> None:
+    assert learning_rate_at(0, 1e-2, 0.5, 100, 1e-3) == pytest.approx(1e-2)
+    assert learning_rate_at(100, 1e-2, 0.5, 100, 1e-3) == pytest.approx(5e-3)
+    assert learning_rate_at(250, 1e-2, 0.5, 100, 1e-3) == pytest.approx(1e-2 * 0.5**2.5)
+    assert learning_rate_at(10_000, 1e-2, 0.5, 100, 1e-3) == pytest.approx(1e-3)
+
+
+def test_validation_subset_is_stable_and_bounded() -> None:
+    lines = varied_lines(50)
+    subset = validation_subset(lines, 10)
+    assert len(subset) == 10
+    assert subset == validation_subset(list(reversed(lines)), 10)
+    assert validation_subset(lines, 100) == lines
+
+
+def test_finetune_steps_follow_new_lines(make_settings, tmp_path) -> None:
+    s = make_settings(tmp_path, finetune_epochs=2.0, finetune_min_steps=10, finetune_max_steps=100)
+    assert finetune_steps(s, 0) == 10
+    assert finetune_steps(s, 16 * 20) == 40
+    assert finetune_steps(s, 10**6) == 100
+
+
+# ---------------------------------------------------------------- the run loop
+
+
+def _setup(make_settings, home, **overrides):
+    settings = make_settings(home, **overrides)
+    write_corpus(settings.corpus_file, varied_lines(60))
+    lines = corpus.read_lines(settings.corpus_file).lines
+    vocab = Vocab.build(lines)
+    end = corpus.complete_end(settings.corpus_file)
+    return settings, vocab, end
+
+
+def test_resume_is_exact(make_settings, tmp_path) -> None:
+    # Dropout on and a fast learning-rate decay, so both must be resumed exactly too;
+    # 60 lines in batches of 8 make 8 batches an epoch, so the runs cross an epoch boundary.
+    settings, vocab, end = _setup(make_settings, tmp_path / "a", dropout=0.2, batch_size=8,
+                                  lr_decay_steps=5)
+    n = 6
+
+    def job(target: int) -> TrainJob:
+        return TrainJob("train", 77, 0, end, target)
+
+    data = build_data(settings, vocab, job(2 * n))
+    assert len(data.train) > 8 * 8 // 2 and data.validation
+
+    straight = Trainer.fresh(settings, vocab)
+    straight.run(job(2 * n), data, CheckpointManager(tmp_path / "straight"))
+
+    first = Trainer.fresh(settings, vocab)
+    manager = CheckpointManager(tmp_path / "split")
+    first.run(job(n), data, manager)
+    halfway = weights(first.model)
+    ckpt = manager.load_latest()
+    assert ckpt.step == n
+    resumed = Trainer.from_checkpoint(settings, ckpt)
+    resumed_job = TrainJob.from_dict(ckpt.meta["job"])
+    assert resumed_job.position != Position()
+    resumed_job.target_step = 2 * n
+    result = resumed.run(resumed_job, build_data(settings, resumed.vocab, resumed_job), manager)
+    assert result.steps == n and resumed.step == 2 * n
+
+    for a, b in zip(weights(straight.model), weights(resumed.model), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    assert any(not np.allclose(a, mid) for a, mid in zip(weights(straight.model), halfway, strict=True))
+    for a, b in zip(straight.optimizer.variables, resumed.optimizer.variables, strict=True):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6)
+
+    # The comparison can fail: resuming at the wrong data position gives other weights.
+    wrong = Trainer.from_checkpoint(settings, ckpt)
+    wrong_job = TrainJob.from_dict(ckpt.meta["job"])
+    wrong_job.position, wrong_job.target_step = Position(), 2 * n
+    wrong.run(wrong_job, data, CheckpointManager(tmp_path / "wrong"))
+    assert any(not np.allclose(a, b, atol=1e-6)
+               for a, b in zip(weights(straight.model), weights(wrong.model), strict=True))
+
+
+def test_engine_train_continues_exactly(make_settings, tmp_path) -> None:
+    """`tweetgen train --steps N` twice gives the weights of `--steps 2N` once."""
+    one, _, _ = _setup(make_settings, tmp_path / "one", dropout=0.2, batch_size=8)
+    two, _, _ = _setup(make_settings, tmp_path / "two", dropout=0.2, batch_size=8)
+    straight = engine.train(one, steps=8)
+    engine.train(two, steps=4)
+    again = engine.train(two, steps=4)
+    assert again.trainer.step == 8 and straight.trainer.step == 8
+    assert again.result.steps == 4
+    for a, b in zip(weights(straight.trainer.model), weights(again.trainer.model), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    assert again.result.val_bpc == pytest.approx(straight.result.val_bpc, rel=1e-5)
+
+
+def test_checkpoints_during_a_run_and_rotation(make_settings, tmp_path) -> None:
+    settings, vocab, end = _setup(make_settings, tmp_path, checkpoint_every=2, keep_checkpoints=2)
+    job = TrainJob("train", 1, 0, end, 7)
+    manager = CheckpointManager(settings.checkpoints, keep=2)
+    saved = []
+    result = Trainer.fresh(settings, vocab).run(job, build_data(settings, vocab, job), manager,
+                                                on_checkpoint=lambda path, meta: saved.append(meta["step"]))
+    assert saved == [2, 4, 6, 7]
+    assert result.checkpoint == settings.checkpoints / "ckpt-00000007.npz"
+    steps = [int(p.stem.split("-")[1]) for p in manager.paths()]
+    assert steps[-2:] == [6, 7] and len(steps) <= 3  # the last two, plus the best if older
+    meta = manager.load_latest().meta
+    assert meta["job"]["done"] is True and meta["vocab_hash"] == vocab.hash
+    assert np.isfinite(meta["val_bpc"]) and meta["train_loss"] == pytest.approx(result.train_loss)
+
+
+def test_stop_request_and_deadline(make_settings, tmp_path) -> None:
+    import time
+
+    settings, vocab, end = _setup(make_settings, tmp_path)
+    trainer = Trainer.fresh(settings, vocab)
+    job = TrainJob("train", 1, 0, end, 100)
+    data = build_data(settings, vocab, job)
+    calls = []
+    result = trainer.run(job, data, CheckpointManager(settings.checkpoints),
+                         should_stop=lambda: calls.append(1) or len(calls) > 3)
+    assert result.status == "interrupted" and result.steps == 3
+    assert not job.done and result.checkpoint is not None
+    result = trainer.run(job, data, CheckpointManager(settings.checkpoints), deadline=time.monotonic() - 1)
+    assert result.status == "stopped" and result.steps == 0
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(make_settings, tmp_path) -> None:
+    settings, vocab, end = _setup(make_settings, tmp_path, max_bad_steps=3)
+    trainer = Trainer.fresh(settings, vocab)
+    before = weights(trainer.model)
+    trainer.loss_scale = float("nan")
+    job = TrainJob("train", 1, 0, end, 5)
+    with pytest.raises(NonFiniteLossError, match="3 steps"):
+        trainer.run(job, build_data(settings, vocab, job), CheckpointManager(settings.checkpoints))
+    assert trainer.step == 0
+    for a, b in zip(before, weights(trainer.model), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert CheckpointManager(settings.checkpoints).paths() == []
