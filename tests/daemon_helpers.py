@@ -161,8 +161,9 @@ def ingest_gaps(home: Path) -> list[str]:
 
 
 def ingested_through(home: Path) -> int:
-    rows = query(home, "select max(end_offset) n from ingests")
-    return rows[0]["n"] or 0
+    """The store's cursor: where the latest ingest ended (0 before the first)."""
+    rows = query(home, "select end_offset from ingests order by id desc limit 1")
+    return rows[0]["end_offset"] if rows else 0
 
 
 def loadable_checkpoint(home: Path) -> tuple[Path | None, list[str]]:

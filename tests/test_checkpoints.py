@@ -255,3 +255,21 @@ def test_generation_and_eval_fall_back_past_an_incompatible_checkpoint(make_sett
     overwrite_with_garbage(settings.checkpoints / checkpoint_name(3))
     with pytest.raises(CheckpointError, match="no usable checkpoint.*tweetgen train"):
         engine.evaluate_file(settings, settings.corpus_file)
+
+
+def test_temp_file_of_a_live_writer_is_kept_and_a_dead_ones_removed(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tweetgen.checkpoints import CheckpointManager
+
+    tmp_path.mkdir(exist_ok=True)
+    live = tmp_path / f".ckpt-00000001.npz.tmp-{os.getpid()}"
+    live.write_bytes(b"half written")
+    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout.strip()
+    dead = tmp_path / f".ckpt-00000002.npz.tmp-{dead_pid}"
+    dead.write_bytes(b"left by a crash")
+    CheckpointManager(tmp_path)
+    assert live.exists() and not dead.exists()

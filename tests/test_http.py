@@ -90,6 +90,8 @@ def test_generate_reply_reads_the_seed_as_the_previous_line(client, store, setti
     ({"temperature": 0}, "temperature"),
     ({"temperature": -1.5}, "temperature"),
     ({"top_k": -1}, "top_k"),
+    ({"top_k": 10**6}, "top_k"),
+    ({"temperature": 1e-30}, "temperature"),  # the engine's own check, answered with the field name
     ({"mode": "shout"}, "mode"),
     ({"seed": 5}, "seed"),
     ({"seed": "x" * 60}, "seed"),  # continue mode: the tweet must have room after the seed
@@ -163,6 +165,7 @@ def test_tweets_filters_and_paging(client, store):
 @pytest.mark.parametrize("query, field", [
     ("limit=0", "limit"), ("limit=501", "limit"), ("offset=-1", "offset"), ("since=yesterday", "since"),
     ("status=maybe", "status"), ("checkpoint=abc", "checkpoint"), ("novel_only=perhaps", "novel_only"),
+    ("checkpoint=99999999999999999999", "checkpoint"),  # beyond SQLite's integers
 ])
 def test_tweets_rejects_bad_query_parameters(client, query, field):
     response = client.get("/api/tweets?" + query)
@@ -174,6 +177,8 @@ def test_tweet_not_found(client):
     response = client.get("/api/tweets/987654")
     assert response.status_code == 404
     assert response.json() == {"error": "no tweet with id 987654", "field": "tweet_id"}
+    for bad in ("0", "abc", "99999999999999999999"):
+        assert client.get(f"/api/tweets/{bad}").json()["field"] == "tweet_id"
 
 
 def test_review_changes_the_status_in_the_database(client, store):

@@ -92,6 +92,16 @@ def load_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(path, meta, weights, optimizer)
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class CheckpointManager:
     """The checkpoint folder: rotation keeps the last `keep`, the best and the promoted one."""
 
@@ -102,8 +112,11 @@ class CheckpointManager:
         self._remove_stale_temp_files()
 
     def _remove_stale_temp_files(self) -> None:
+        """Remove what a crash left mid-write; never a file another live process is writing."""
         for tmp in self.directory.glob(".*.tmp-*"):
-            tmp.unlink(missing_ok=True)
+            pid = tmp.name.rsplit("-", 1)[-1]
+            if not (pid.isdigit() and _process_alive(int(pid))):
+                tmp.unlink(missing_ok=True)
 
     def paths(self) -> list[Path]:
         """Checkpoint files, oldest first."""

@@ -118,7 +118,7 @@ def cmd_import_fortunes(args: argparse.Namespace) -> int:
 
 def cmd_append(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    if args.file == "-" or (not args.text and not args.file):
+    if args.file == "-" or args.text == ["-"] or (not args.text and not args.file):
         lines: Sequence[bytes] = sys.stdin.buffer.read().split(b"\n")
         lines = lines[:-1] if lines and lines[-1] == b"" else lines
     elif args.file:

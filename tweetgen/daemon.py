@@ -28,7 +28,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 
 from . import corpus
 from .config import Settings
-from .errors import LockError
+from .errors import KNOWN_ERRORS, LockError
 from .store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -183,8 +183,11 @@ class Daemon:
                     log.warning("the start-up did not finish (%s): retrying it now", self.last_error)
                     run = self.startup_job
                 started = time.monotonic()
-                if run() is not False:
-                    self._record(job_id, "executed", None, time.monotonic() - started)
+                try:
+                    if run() is not False:
+                        self._record(job_id, "executed", None, time.monotonic() - started)
+                except KNOWN_ERRORS as exc:  # explained in one line; others keep their traceback
+                    self._job_failed(job_id, exc)
 
         return job
 
@@ -207,11 +210,14 @@ class Daemon:
             log.warning("job %s missed its run time %s", event.job_id, event.scheduled_run_time)
             self._record(event.job_id, "missed", None, None)
         else:
-            error = f"{type(event.exception).__name__}: {event.exception}"
-            self.last_error = error
-            log.error("job %s failed: %s (the daemon keeps running; it retries at the next run)",
-                      event.job_id, error)
-            self._record(event.job_id, "error", error, None)
+            self._job_failed(event.job_id, event.exception)
+
+    def _job_failed(self, job_id: str, exc: BaseException) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        self.last_error = error
+        log.error("job %s failed: %s (the daemon keeps running; it retries at the next run)",
+                  job_id, error)
+        self._record(job_id, "error", error, None)
 
     def _record(self, job_id: str, kind: str, error: str | None, duration: float | None) -> None:
         """Record a job event; events the store refuses are kept and recorded with the next one."""

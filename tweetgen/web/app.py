@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": Error} for code in (401, 403, 404, 413, 415, 422)}
+MAX_ID = 2**63 - 1  # SQLite's largest integer: beyond it an id cannot exist (nor be queried)
+TweetId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
 
 
 def _version() -> str:
@@ -85,7 +88,7 @@ def create_app(settings: Settings, bind_host: str = "127.0.0.1") -> FastAPI:
     def list_tweets(
         since: Annotated[str | None, Query(description="ISO 8601 time, e.g. 2026-12-01T10:00")] = None,
         seed: str | None = None,
-        checkpoint: Annotated[int | None, Query(description="checkpoint id")] = None,
+        checkpoint: Annotated[int | None, Query(ge=1, le=MAX_ID, description="checkpoint id")] = None,
         status: Literal["new", "approved", "rejected"] | None = None,
         search: Annotated[str | None, Query(description="full-text search words")] = None,
         novel_only: bool = False,
@@ -99,11 +102,11 @@ def create_app(settings: Settings, bind_host: str = "127.0.0.1") -> FastAPI:
                 "tweets": store.query_samples(**filters, limit=limit, offset=offset)}
 
     @app.get("/api/tweets/{tweet_id}", response_model=Tweet, tags=["tweets"])
-    def get_tweet(tweet_id: int) -> dict[str, Any]:
+    def get_tweet(tweet_id: TweetId) -> dict[str, Any]:
         return _tweet(store, tweet_id)
 
     @app.post("/api/tweets/{tweet_id}/review", response_model=Tweet, tags=["tweets"], dependencies=writes)
-    def review_tweet(tweet_id: int, body: ReviewRequest) -> dict[str, Any]:
+    def review_tweet(tweet_id: TweetId, body: ReviewRequest) -> dict[str, Any]:
         """Approve or reject a tweet; answers the tweet as it now is."""
         if store.review([tweet_id], body.status) == 0:
             raise ApiError(404, f"no tweet with id {tweet_id}", "tweet_id")
@@ -141,7 +144,7 @@ def create_app(settings: Settings, bind_host: str = "127.0.0.1") -> FastAPI:
         return store.list_runs(limit)
 
     @app.get("/api/losses", response_model=list[Loss], tags=["daemon"])
-    def losses(run: Annotated[int | None, Query(description="run id (default: all runs)")] = None,
+    def losses(run: Annotated[int | None, Query(ge=1, le=MAX_ID, description="run id (default: all)")] = None,
                limit: Annotated[int, Query(ge=1, le=100_000)] = 2000) -> list[dict[str, Any]]:
         """Training losses and validation bits/char in step order (the last `limit` rows)."""
         return store.losses(run, limit)

@@ -64,7 +64,13 @@ async def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _bad_generation(_request: Request, exc: GenerationError) -> JSONResponse:
-    return error_response(422, str(exc), "body")
+    # The engine's checks name the command-line flag ("--top-k must be ..."): name the field.
+    message = str(exc)
+    first = message.split(" ", 1)[0]
+    field = first.lstrip("-").replace("-", "_") if first.startswith("-") else None
+    if field is not None:
+        message = field + message[len(first):]
+    return error_response(422, message, field or "body")
 
 
 async def _corpus_error(_request: Request, exc: CorpusError) -> JSONResponse:

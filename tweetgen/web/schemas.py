@@ -32,7 +32,7 @@ class GenerateRequest(Request):
                       description="continue: the tweet starts with it; reply: the line answered")
     n: int = Field(5, ge=1, description="how many tweets (at most the http_max_generate setting)")
     temperature: float = Field(0.8, gt=0, le=10, allow_inf_nan=False)
-    top_k: int = Field(0, ge=0, description="sample from the k likeliest characters only (0: all)")
+    top_k: int = Field(0, ge=0, le=100_000, description="only the k likeliest characters (0: all)")
     mode: Literal["continue", "reply"] = "continue"
     random_seed: int | None = Field(None, ge=0, lt=2**62, description="repeat a batch exactly")
 
