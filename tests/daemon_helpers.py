@@ -68,7 +68,7 @@ def start_daemon(home: Path, log_name: str = "daemon.log", env: dict[str, str] |
     """The daemon as a subprocess logging to home/log_name. With log_through_pipe the test copies
     its output into the file, so limits on the daemon's file sizes do not apply to its log."""
     log = open(home / log_name, "ab")
-    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     out = subprocess.PIPE if log_through_pipe else log
     proc = subprocess.Popen([sys.executable, "run_daemon.py", "--home", str(home)], cwd=REPO,
                             stdout=out, stderr=subprocess.STDOUT, env=full_env)
@@ -114,9 +114,16 @@ def query(home: Path, sql: str, params: Any = ()) -> list[dict]:
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+    """Send `sig` and wait for the exit code; a daemon that does not stop in time is killed
+    (never left running behind a failed test) and the test fails."""
     if proc.poll() is None:
         proc.send_signal(sig)
-    return proc.wait(timeout)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"daemon {proc.pid} did not exit within {timeout} s of signal {sig}") from None
 
 
 def log_text(home: Path, log_name: str = "daemon.log") -> str:

@@ -14,6 +14,12 @@ with SIGKILL in a chosen phase, then checks what the kill left:
 A kill lands either from outside (the test sends SIGKILL at a random delay after the log shows
 the phase has begun) or at a crash point inside the phase (TWEETGEN_FAULT_KILL_AT: the daemon
 sends itself SIGKILL when it reaches that point for the Nth time; see tweetgen.faults).
+
+Some cycles also meet other faults before their kill (each drawn with its own probability):
+NaN losses in the first training steps (TWEETGEN_FAULT_NAN_STEPS), the database locked by
+another writer for a second or two, the disk full for a second or two (the daemon's file size
+limit lowered to 1 byte with prlimit), and a garbage file named like a newer checkpoint.
+
 At the end a daemon runs without faults until every complete line is ingested and new tweets
 are stored; the ingests must then cover every complete line of the corpus exactly once.
 """
@@ -22,7 +28,9 @@ from __future__ import annotations
 
 import random
 import re
+import resource
 import signal
+import sqlite3
 import subprocess
 import time
 from collections import Counter
@@ -44,7 +52,7 @@ from daemon_helpers import (
     wait_for,
 )
 
-from tweetgen.faults import KILL_ENV
+from tweetgen.faults import KILL_ENV, NAN_ENV
 
 # For each phase, the ways to kill in it: ("timed", log pattern that starts the phase, max delay)
 # or ("point", crash point, highest N).
@@ -57,13 +65,19 @@ PHASES: dict[str, list[tuple[str, str, float]]] = {
 }
 CONFIG = """
 keep_checkpoints = 2
+max_bad_steps = 4
+db_busy_timeout_seconds = 0.5
 """
+# Other faults a cycle may meet before its kill, with their probabilities.
+EXTRAS = {"nan losses": 0.15, "database locked": 0.15, "disk full": 0.15, "garbage checkpoint": 0.1}
+GARBAGE = "ckpt-99999999.npz"
 WORDS = "the cat dog sat ran on a mat log fast slow big red fox jumps over lazy hen".split()
 
 
 @dataclass
 class Report:
     kills: Counter = field(default_factory=Counter)  # "phase: how" -> count
+    faults: Counter = field(default_factory=Counter)  # other faults met before a kill
     fallbacks: int = 0  # crash points not reached in time, killed from outside instead
     restarts: int = 0
     lines_appended: int = 0  # complete lines in the corpus at the end (initial ones included)
@@ -85,6 +99,8 @@ class Report:
 class KillCampaign:
     def __init__(self, tmp_path: Path, seed: int, kills: int, cycle_timeout: float = 40) -> None:
         self.home = make_home(tmp_path, initial_steps=60, checkpoint_every=10, extra=CONFIG)
+        self.db = self.home / "db" / "tweetgen.db"
+        self.interference: dict | None = None  # a lock or a size limit on the daemon, and when
         self.corpus = self.home / "data" / "corpus.txt"
         self.rng = random.Random(seed)
         self.kills = kills
@@ -109,24 +125,43 @@ class KillCampaign:
 
     def cycle(self, phase: str) -> None:
         how, target, limit = self.rng.choice(PHASES[phase])
+        extras = [name for name, chance in EXTRAS.items() if self.rng.random() < chance]
         self.append_some()
         env = {}
         if how == "point":
             env[KILL_ENV] = f"{target}:{self.rng.randint(1, int(limit))}"
+        if "nan losses" in extras:
+            env[NAN_ENV] = f"1-{self.rng.randint(2, 6)}"
+        if "garbage checkpoint" in extras:
+            (self.home / "checkpoints").mkdir(exist_ok=True)
+            (self.home / "checkpoints" / GARBAGE).write_bytes(b"\x00not a checkpoint" * 64)
         log_start = len(log_text(self.home))
-        daemon = start_daemon(self.home, env=env)
-        self.report.restarts += 1
-        self.check_runs_after_start(daemon)
-        label = f"{phase}: {env[KILL_ENV] if env else 'kill -9 after /' + target + '/'}"
-        if how == "timed":
-            killed = self.kill_after_pattern(daemon, target, limit, log_start)
-        else:
-            killed = self.wait_for_crash_point(daemon)
+        daemon = start_daemon(self.home, env=env, log_through_pipe=True)
+        try:
+            self.report.restarts += 1
+            self.check_runs_after_start(daemon)
+            for name in extras:
+                self.report.faults[name] += 1
+            self.plan_interference(daemon, extras)
+            if how == "timed":
+                killed = self.kill_after_pattern(daemon, target, limit, log_start)
+            else:
+                killed = self.wait_for_crash_point(daemon)
+            code = daemon.wait(30)
+        finally:
+            self.end_interference()
+            if daemon.poll() is None:  # never leave a daemon behind, whatever went wrong
+                daemon.kill()
+                daemon.wait(30)
+        label = f"{phase}: {env.get(KILL_ENV) or 'kill -9 after /' + target + '/'} {extras}"
         self.report.kills[f"{phase}: {'crash point' if how == 'point' else 'kill -9 from outside'}"] += 1
         if not killed:
             self.report.fallbacks += 1
-        code = daemon.wait(30)
         self.report.check(code == -signal.SIGKILL, f"{label}: daemon exited with {code}, not SIGKILL")
+        if "garbage checkpoint" in extras and (self.home / "checkpoints" / GARBAGE).exists():
+            # Killed before it looked at its checkpoints: the next start must deal with it.
+            self.report.faults["garbage checkpoint"] -= 1
+            (self.home / "checkpoints" / GARBAGE).unlink()
         self.check_after_kill(label)
 
     def settle(self) -> None:
@@ -144,6 +179,8 @@ class KillCampaign:
                      what="new tweets after the last restart")
         finally:
             code = stop(daemon)
+            if daemon.poll() is None:
+                daemon.kill()
         self.report.check(code == 0, f"final daemon exited with {code} after SIGTERM")
         self.check_after_kill("final stop")
         problems = ingest_gaps(self.home)
@@ -172,6 +209,7 @@ class KillCampaign:
                 seen = True
                 break
             self.remember_samples()
+            self.interfere()
             time.sleep(0.05)
         if seen:
             time.sleep(delay)
@@ -187,6 +225,7 @@ class KillCampaign:
         next_append = time.monotonic() + self.rng.uniform(0.5, 2)
         while time.monotonic() < deadline and daemon.poll() is None:
             self.remember_samples()
+            self.interfere()
             if time.monotonic() > next_append:
                 self.append_some(partial_ok=False)
                 next_append = time.monotonic() + self.rng.uniform(0.5, 2)
@@ -195,6 +234,50 @@ class KillCampaign:
             self.remember_samples()
             daemon.send_signal(signal.SIGKILL)
             return False
+        return True
+
+    # ---- other faults while the daemon runs
+
+    def plan_interference(self, daemon: subprocess.Popen, extras: list[str]) -> None:
+        kinds = [k for k in ("database locked", "disk full") if k in extras]
+        if kinds:
+            start = time.monotonic() + self.rng.uniform(0, 2)
+            self.interference = {"kind": self.rng.choice(kinds), "daemon": daemon, "start": start,
+                                 "end": start + self.rng.uniform(0.5, 2.5), "active": None}
+
+    def interfere(self) -> None:
+        """Start or end the planned lock or size limit, as the clock says."""
+        plan = self.interference
+        if plan is None:
+            return
+        now = time.monotonic()
+        if plan["active"] is None and now >= plan["start"]:
+            if plan["kind"] == "database locked":
+                blocker = sqlite3.connect(self.db, isolation_level=None, timeout=5)
+                blocker.execute("BEGIN IMMEDIATE")
+                plan["active"] = blocker
+            else:
+                plan["active"] = self.set_file_limit(plan["daemon"], 1)
+        if plan["active"] is not None and now >= plan["end"]:
+            self.end_interference()
+
+    def end_interference(self) -> None:
+        plan, self.interference = self.interference, None
+        if plan is None or plan["active"] is None:
+            return
+        if plan["kind"] == "database locked":
+            plan["active"].execute("ROLLBACK")
+            plan["active"].close()
+        else:
+            self.set_file_limit(plan["daemon"], resource.RLIM_INFINITY)
+
+    @staticmethod
+    def set_file_limit(daemon: subprocess.Popen, limit: int) -> bool:
+        try:
+            hard = resource.prlimit(daemon.pid, resource.RLIMIT_FSIZE)[1]
+            resource.prlimit(daemon.pid, resource.RLIMIT_FSIZE, (min(limit, hard), hard))
+        except ProcessLookupError:  # it died meanwhile
+            pass
         return True
 
     # ---- checks
@@ -218,6 +301,8 @@ class KillCampaign:
                           f"{label}: checkpoints that do not load: {failed}")
         problems = ingest_gaps(self.home)
         self.report.check(not problems, f"{label}: ingests {problems}")
+        garbage = self.home / "checkpoints" / GARBAGE
+        self.report.check(not garbage.exists(), f"{label}: {GARBAGE} was not moved aside")
         now = samples_snapshot(self.home)
         lost = [i for i, text in self.seen.items() if now.get(i) != text]
         self.report.samples_lost = len(lost)

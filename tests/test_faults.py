@@ -80,6 +80,9 @@ def test_damaged_checkpoints_are_moved_aside_and_the_daemon_keeps_going(tmp_path
     newest, middle = ckpts / "ckpt-00000030.npz", ckpts / "ckpt-00000020.npz"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated
     middle.write_bytes(b"\x00garbage" * 500)  # overwritten
+    # Garbage named like a later step, which no training here reaches: it must never be
+    # taken for the newest checkpoint (nor promoted) by a job that saves an earlier step.
+    (ckpts / "ckpt-00000090.npz").write_bytes(b"PK\x03\x04 not really a zip")
     tweets = samples_snapshot(home)
 
     daemon = start_daemon(home)
@@ -87,9 +90,9 @@ def test_damaged_checkpoints_are_moved_aside_and_the_daemon_keeps_going(tmp_path
         wait_for(lambda: "resuming the initial training at step 10" in log_text(home), proc=daemon,
                  what="the fall-back to step 10")
         text = log_text(home)
-        assert "ckpt-00000030.npz is unusable" in text and "ckpt-00000020.npz is unusable" in text
-        assert (ckpts / "ckpt-00000030.npz.corrupt").exists()
-        assert (ckpts / "ckpt-00000020.npz.corrupt").exists()
+        for step in (90, 30, 20):
+            assert f"ckpt-000000{step}.npz is unusable" in text
+            assert (ckpts / f"ckpt-000000{step}.npz.corrupt").exists()
         # It trains back to step 30, tweets from the new checkpoint and fine-tunes new lines.
         wait_for(lambda: len(samples_snapshot(home)) > len(tweets) and
                  (ckpts / "ckpt-00000030.npz").exists(), proc=daemon, what="tweets after the fall-back")
@@ -98,7 +101,9 @@ def test_damaged_checkpoints_are_moved_aside_and_the_daemon_keeps_going(tmp_path
     finally:
         assert stop(daemon) == 0
     load_checkpoint(ckpts / "ckpt-00000030.npz")
-    assert CheckpointManager(ckpts).promoted_path() is not None
+    promoted = CheckpointManager(ckpts).promoted_path()
+    assert promoted is not None and promoted.name != "ckpt-00000090.npz"
+    load_checkpoint(promoted)
     assert ingest_gaps(home) == []
     now = samples_snapshot(home)
     assert all(now[i] == text for i, text in tweets.items())
@@ -108,13 +113,16 @@ def test_damaged_checkpoints_are_moved_aside_and_the_daemon_keeps_going(tmp_path
 
 
 def test_nan_losses_are_skipped_recorded_and_stop_the_run(tmp_path: Path) -> None:
-    # Step attempts 3 and 5 of the initial training (30 steps: attempts 1-32); then attempts
-    # 34-41: the fine-tune's second attempt on, and all of its retry's first four.
+    # Training-step attempts (counted over the daemon's life) whose loss is NaN: 1-4 stop the
+    # initial training; its retry (30 steps, attempts 5-36) skips 7 and 9; the first fine-tune
+    # applies attempt 37 and stops at 38-41; its retry stops at 42-45; the next one works.
     home = make_home(tmp_path, initial_steps=30, checkpoint_every=10, max_bad_steps=4)
-    daemon = start_daemon(home, env={NAN_ENV: "3,5,34-41"})
+    daemon = start_daemon(home, env={NAN_ENV: "1-4,7,9,38-45"})
     try:
         first_tweets(home, daemon)
-        initial = query(home, "select * from runs")[0]
+        failed, initial = query(home, "select * from runs")
+        assert (failed["status"], failed["bad_steps"], failed["steps"]) == ("failed", 4, 0)
+        assert "4 steps with a non-finite loss" in failed["error"]
         assert (initial["status"], initial["steps"], initial["bad_steps"]) == ("completed", 30, 2)
         promoted = CheckpointManager(home / "checkpoints").promoted_path()
         hashes = checkpoint_hashes(home)
@@ -191,18 +199,22 @@ def test_disk_full_fails_the_job_clearly_and_the_next_run_retries(tmp_path: Path
 
 
 def test_a_locked_database_makes_jobs_retry_and_drops_nothing(tmp_path: Path) -> None:
-    home = make_home(tmp_path, initial_steps=20, checkpoint_every=10, db_busy_timeout_seconds=0.5)
+    # Long fine-tunes (100 steps, a loss row every 5), so the lock can start in the middle of one.
+    home = make_home(tmp_path, initial_steps=20, checkpoint_every=1000, db_busy_timeout_seconds=0.5,
+                     finetune_min_steps=100, finetune_max_steps=100)
     daemon = start_daemon(home)
     db = home / "db" / "tweetgen.db"
     try:
         first_tweets(home, daemon)
         tweets = samples_snapshot(home)
         mark = len(log_text(home))
+        end = append(home, 5, 1000)
+        wait_for(lambda: "fine-tune run 2:" in log_text(home)[mark:], proc=daemon, interval=0.02,
+                 what="the fine-tune to start")
         blocker = sqlite3.connect(db, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock for 6 s
         locked_at = time.monotonic()
         try:
-            end = append(home, 5, 1000)
             wait_for(lambda: "kept in memory" in log_text(home)[mark:] and
                      "locked by another writer" in log_text(home)[mark:], timeout=8, proc=daemon,
                      what="a refused tweet write and a refused fine-tune")
@@ -222,6 +234,9 @@ def test_a_locked_database_makes_jobs_retry_and_drops_nothing(tmp_path: Path) ->
     assert all(now[i] == text for i, text in tweets.items())
     errors = query(home, "select * from job_events where event = 'error'")
     assert any("locked by another writer" in e["error"] for e in errors)  # recorded once it could be
+    # The run the lock broke could not record its end then; the next job closed it.
+    run = query(home, "select * from runs where id = 2")[0]
+    assert run["status"] == "failed" and "locked by another writer" in run["error"]
     assert not query(home, "select id from runs where status = 'running'")
     assert integrity_ok(db)
 
@@ -285,3 +300,15 @@ def test_four_concurrent_writers_and_readers_while_the_daemon_ingests(tmp_path: 
         assert mine == list(range(1000))  # each writer's lines in its order
     assert ingest_gaps(home) == []
     assert len(query(home, "select id from ingests")) >= 2
+
+
+def test_tensorflow_imported_first_leaves_full_text_search_working(tmp_path: Path) -> None:
+    # TensorFlow's libraries carry an SQLite without FTS5; loaded before Python's sqlite3 they
+    # broke every tweet insert (the samples' full-text index) in the commands that import it.
+    script = ("import sys; import tweetgen.engine; from tweetgen.store import Store; "
+              "store = Store(sys.argv[1]); store.add_samples([{'text': 'a cat'}]); "
+              "print(store.count_samples(search='cat'))")
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "t.db")], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "1"

@@ -4,6 +4,7 @@ commands that need it, so `--help`, `tweets`, `status`, `append` answer at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -28,8 +29,10 @@ def setup_logging(verbose: bool = False) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # The scheduler's own lines for every heartbeat would drown the daemon's events.
-    for noisy in ("apscheduler.scheduler", "apscheduler.executors.light", "absl", "matplotlib"):
+    # The scheduler's own lines for every heartbeat and job run would drown the daemon's events
+    # (a job that fails is still logged, at ERROR with its traceback).
+    for noisy in ("apscheduler.scheduler", "apscheduler.executors.light",
+                  "apscheduler.executors.default", "absl", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -55,14 +58,18 @@ def open_store(settings: Settings):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from . import engine
+    from . import distribute, engine
     from .daemon import InstanceLock
     from .trainer import progress_printer
 
     settings = settings_from(args)
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
-    with InstanceLock(settings), open_store(settings) as store:
+    # The strategy first: logical CPU devices and workers are set up before TensorFlow starts.
+    # Of a multi-worker run's processes only the chief holds the lock and records the run.
+    chief = distribute.is_chief(distribute.strategy_for(settings))
+    with (InstanceLock(settings) if chief else contextlib.nullcontext(),
+          open_store(settings) if chief else contextlib.nullcontext() as store):
         total = args.steps if args.steps else (None if args.minutes else settings.initial_steps)
         outcome = engine.train(settings, args.steps, args.minutes, store=store,
                                on_log=progress_printer(total))

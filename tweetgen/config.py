@@ -49,6 +49,13 @@ class Settings:
     initial_minutes: float = 0.0  # > 0: the initial run stops after this many minutes instead
     max_bad_steps: int = 20  # non-finite losses tolerated in one run before it stops
 
+    # Devices (tweetgen.distribute): batch_size is the global batch, split across the replicas.
+    strategy: str = "auto"  # "auto" (the one GPU, else the CPU), "mirrored" or "multi-worker"
+    cpu_replicas: int = 2  # "mirrored" without a GPU: logical CPU devices, one replica each (tests)
+    workers: tuple[str, ...] = ()  # "multi-worker" without TF_CONFIG: HOST:PORT of each, chief first
+    worker_index: int = 0  # this process's place in `workers` (env TWEETGEN_WORKER_INDEX)
+    precision: str = "float32"  # or "mixed_float16" / "mixed_bfloat16" (the loss stays float32)
+
     # Fine-tuning on appended lines.
     finetune_interval_minutes: float = 30.0
     ingest_check_seconds: float = 60.0  # how often to look for min_new_lines waiting
@@ -171,12 +178,14 @@ def _convert(name: str, value: Any, origin: str) -> Any:
 AT_LEAST_ONE = ("embedding_dim", "max_line_chars", "lr_decay_steps", "log_every", "checkpoint_every",
                 "initial_steps", "finetune_min_steps", "finetune_max_steps", "min_new_lines",
                 "samples_per_seed", "max_validation_lines", "novelty_ngram", "vocab_min_count",
-                "vocab_grow_min_count", "max_bad_steps")
+                "vocab_grow_min_count", "max_bad_steps", "cpu_replicas")
 POSITIVE = ("learning_rate", "lr_decay_rate", "finetune_learning_rate", "clip_norm", "finetune_epochs",
             "finetune_interval_minutes", "generate_interval_minutes", "ingest_check_seconds",
             "heartbeat_seconds")
 NOT_NEGATIVE = ("min_learning_rate", "initial_minutes", "replay_ratio", "promote_tolerance_bpc",
                 "db_busy_timeout_seconds", "misfire_grace_seconds", "top_k")
+STRATEGIES = ("auto", "mirrored", "multi-worker")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 def _validate(settings: Settings) -> None:
@@ -203,6 +212,17 @@ def _validate(settings: Settings) -> None:
         value = getattr(settings, name)
         if not (value >= 0 and math.isfinite(value)):
             raise ConfigError(f"{name} must be a number >= 0, got {value}")
+    if settings.strategy not in STRATEGIES:
+        raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {settings.strategy!r}")
+    if settings.precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {settings.precision!r}")
+    for address in settings.workers:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"workers must be HOST:PORT addresses, got {address!r}")
+    if settings.worker_index < 0 or (settings.workers and settings.worker_index >= len(settings.workers)):
+        raise ConfigError(f"worker_index must name one of the {len(settings.workers)} workers "
+                          f"(counted from 0), got {settings.worker_index}")
     if settings.http_max_body_bytes < 1024 or settings.http_max_generate < 1:
         raise ConfigError("http_max_body_bytes must be at least 1024 and http_max_generate at least 1")
 

@@ -27,7 +27,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from . import corpus
-from .config import Settings
+from .config import ConfigError, Settings
 from .errors import KNOWN_ERRORS, LockError
 from .store import Store, StoreError
 
@@ -82,6 +82,7 @@ class Daemon:
         self.store: Store | None = None
         self.scheduler: BlockingScheduler | None = None
         self.generator_cache: Any = None
+        self.trainers: Any = None  # engine.TrainerCache, made with the first TensorFlow job
         self.started_at = time.monotonic()
         self.trained = False  # the start-up's training (or resume) is done; until then jobs retry it
         self.last_error: str | None = None  # the last job error, until the next job has run
@@ -281,6 +282,7 @@ class Daemon:
         log.info("initial training: %s", f"{steps} steps" if steps is not None else f"{minutes} minutes")
         outcome = engine.train(s, steps, minutes, self.stop_event.is_set, self.store,
                                on_log=progress_printer(steps), kind="initial")
+        self._trainers().keep(outcome.trainer, outcome.result.checkpoint)
         if outcome.result.status == "interrupted":
             return
         manager = engine.checkpoint_manager(s)
@@ -296,7 +298,8 @@ class Daemon:
     def run_finetune(self) -> None:
         from . import finetune
 
-        result = finetune.run_finetune(self.settings, self.store, self.stop_event.is_set)
+        result = finetune.run_finetune(self.settings, self.store, self.stop_event.is_set,
+                                       self._trainers())
         if result is None:
             log.info("fine-tune: no new lines")
 
@@ -326,6 +329,13 @@ class Daemon:
             self.corpus_problem = problem
         return problem is None
 
+    def _trainers(self) -> Any:
+        from .engine import TrainerCache
+
+        if self.trainers is None:
+            self.trainers = TrainerCache()
+        return self.trainers
+
     def generate_job(self) -> None:
         from .engine import GeneratorCache, generate_scheduled
 
@@ -342,6 +352,12 @@ def _unfinished_initial(meta: dict) -> bool:
 
 def run_daemon(settings: Settings) -> int:
     """`tweetgen daemon` and `python run_daemon.py`."""
+    if settings.strategy == "multi-worker":  # its timed jobs cannot start together on every host
+        raise ConfigError("the daemon trains on one host: use strategy 'auto' or 'mirrored'; for "
+                          "several hosts run `tweetgen train` on each worker (docs/distribute.md)")
+    from . import distribute
+
+    distribute.strategy_for(settings)  # before TensorFlow starts (logical CPU devices)
     return Daemon(settings).run()
 
 

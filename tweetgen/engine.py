@@ -53,6 +53,45 @@ def latest_trainer(settings: Settings, manager: CheckpointManager) -> tuple[Trai
     return None
 
 
+class TrainerCache:
+    """The daemon's trainer, kept from job to job while it is the state of the newest checkpoint
+    on disk. Building a model and tracing its steps again for every job costs seconds, and
+    TensorFlow never frees what it traced (about 13 MB a job, so weeks of fine-tunes ran out of
+    memory). A job that fails must `forget` it: its state may be ahead of every checkpoint."""
+
+    def __init__(self) -> None:
+        self.trainer: Trainer | None = None
+        self.stamp: tuple | None = None
+
+    def latest(self, settings: Settings, manager: CheckpointManager) -> tuple[Trainer, dict] | None:
+        """Like latest_trainer, without loading again when the kept trainer is that state."""
+        paths = manager.paths()
+        if self.trainer is not None and paths and self.stamp == _stamp(paths[-1]):
+            meta = _meta_or_none(paths[-1])
+            if meta is not None:
+                return self.trainer, meta
+        self.forget()
+        loaded = latest_trainer(settings, manager)
+        if loaded is not None:
+            self.keep(loaded[0], manager.paths()[-1])
+        return loaded
+
+    def keep(self, trainer: Trainer, checkpoint: Path | None) -> None:
+        """`trainer` is now exactly the state saved in `checkpoint`."""
+        self.trainer, self.stamp = (trainer, _stamp(checkpoint)) if checkpoint else (None, None)
+
+    def forget(self) -> None:
+        self.trainer = self.stamp = None
+
+
+def _stamp(path: Path) -> tuple | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (path, stat.st_mtime_ns, stat.st_size)
+
+
 def load_latest_trainer(settings: Settings, manager: CheckpointManager) -> Trainer | None:
     """The trainer of the newest checkpoint that loads (see latest_trainer); None when none does."""
     loaded = latest_trainer(settings, manager)
@@ -69,27 +108,50 @@ def build_vocab(settings: Settings) -> Vocab:
 
 
 class StoreRecorder:
-    """Writes a training run's losses and checkpoints to the store as they happen."""
+    """Writes a training run's losses and checkpoints to the store as they happen. Rows the store
+    refuses (locked, disk full) are kept and written with the next ones, so a database hiccup
+    does not stop the training; a checkpoint it cannot record is recorded from its file by the
+    next write that works (sync_checkpoint_flags) or by the next job (finetune.recover)."""
+
+    MAX_PENDING = 10_000
+    RETRY_SECONDS = 10.0  # after a refused write, the loss rows wait this long before the next try
 
     def __init__(self, store: Store | None, run_id: int | None, manager: CheckpointManager) -> None:
         self.store, self.run_id, self.manager = store, run_id, manager
         self.last_checkpoint_id: int | None = None
+        self.pending: list[dict] = []
+        self.retry_at = 0.0
 
     def on_log(self, entry: StepLog) -> None:
-        if self.store is not None:
-            self.store.log_losses(self.run_id, [{
-                "step": entry.step, "loss": entry.loss, "learning_rate": entry.learning_rate,
-                "grad_norm": entry.grad_norm, "chars_per_s": entry.chars_per_s}])
+        if self.store is None:
+            return
+        self.pending.append({"step": entry.step, "loss": entry.loss, "learning_rate": entry.learning_rate,
+                             "grad_norm": entry.grad_norm, "chars_per_s": entry.chars_per_s})
+        del self.pending[:-self.MAX_PENDING]
+        if time.monotonic() < self.retry_at:  # do not wait on a busy database at every log
+            return
+        try:
+            self.store.log_losses(self.run_id, self.pending)
+        except StoreError as exc:
+            self.retry_at = time.monotonic() + self.RETRY_SECONDS
+            log.warning("%d loss rows kept to write later: %s", len(self.pending), exc)
+            return
+        self.pending = []
 
     def on_checkpoint(self, path: Path, meta: dict) -> None:
         if self.store is None:
             return
         bpc = meta.get("val_bpc")
-        self.last_checkpoint_id = self.store.record_checkpoint(
-            str(path), meta["step"], self.run_id, meta.get("train_loss"), bpc,
-            meta["trained_through"], meta["vocab_hash"], meta["vocab_size"], meta["model_config"])
-        self.store.log_losses(self.run_id, [{"step": meta["step"], "kind": "val", "val_bpc": bpc}])
-        sync_checkpoint_flags(self.store, self.manager, latest=path)
+        self.pending.append({"step": meta["step"], "kind": "val", "val_bpc": bpc})
+        try:
+            self.last_checkpoint_id = self.store.record_checkpoint(
+                str(path), meta["step"], self.run_id, meta.get("train_loss"), bpc,
+                meta["trained_through"], meta["vocab_hash"], meta["vocab_size"], meta["model_config"])
+            self.store.log_losses(self.run_id, self.pending)
+            self.pending = []
+            sync_checkpoint_flags(self.store, self.manager, latest=path)
+        except StoreError as exc:
+            log.warning("checkpoint %s not recorded yet (the next write records it): %s", path.name, exc)
 
 
 def sync_checkpoint_flags(store: Store, manager: CheckpointManager, latest: Path | None = None) -> None:
@@ -287,12 +349,27 @@ class GeneratorCache:
         # The file's change time too: a fine-tune with no steps rewrites the same step's file.
         stamp = (wanted, _mtime(wanted))
         if self.generator is None or self.checkpoint is None or stamp != self.stamp:
-            generator, ckpt = open_generator(self.settings, with_novelty=False)
-            self.generator, self.checkpoint, self.stamp = generator, ckpt, stamp
-            log.info("generating from checkpoint %s (step %d)", ckpt.name, ckpt.step)
+            self.generator, self.checkpoint = self._load(manager)
+            self.stamp = stamp
+            log.info("generating from checkpoint %s (step %d)", self.checkpoint.name, self.checkpoint.step)
         self._update_novelty()
         self.generator.novelty = self.novelty
         return self.generator, self.checkpoint
+
+    def _load(self, manager: CheckpointManager) -> tuple[Generator, Checkpoint]:
+        """The promoted checkpoint in the current generator when its vocabulary and model shape
+        are the same (its weights assigned: no new model and no new trace, which TensorFlow
+        would never free); else a new generator."""
+        if self.generator is not None and self.checkpoint is not None:
+            ckpt = manager.load_for_generation()
+            same = ckpt is not None and all(ckpt.meta.get(key) == self.checkpoint.meta.get(key)
+                                            for key in ("vocab", "model_config"))
+            weights = self.generator.model.weights
+            if same and [tuple(w.shape) for w in weights] == [tuple(a.shape) for a in ckpt.weights]:
+                for variable, value in zip(weights, ckpt.weights):
+                    variable.assign(value)
+                return self.generator, ckpt
+        return open_generator(self.settings, with_novelty=False)
 
     def _update_novelty(self) -> None:
         path = self.settings.corpus_file
@@ -307,7 +384,9 @@ def default_seeds(settings: Settings) -> list[str]:
     """The configured seeds, else a few of the corpus's most common first words and ''."""
     if settings.seeds:
         return list(settings.seeds)
-    lines = corpus.read_lines(settings.corpus_file).lines if settings.corpus_file.is_file() else []
+    path = settings.corpus_file
+    # Streamed, so a big corpus is never held in memory for this.
+    lines = (line for batch in corpus.iter_batches(path) for line in batch.lines) if path.is_file() else ()
     return corpus.common_first_words(lines, 4) + [""]
 
 

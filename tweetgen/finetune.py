@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from . import corpus, faults
 from .checkpoints import CheckpointManager, checkpoint_name, checkpoint_step
 from .config import Settings
-from .engine import StoreRecorder, checkpoint_manager, latest_trainer, sync_checkpoint_flags
+from .engine import StoreRecorder, TrainerCache, checkpoint_manager, latest_trainer, sync_checkpoint_flags
 from .store import Store
 from .trainer import RunResult, Trainer, TrainJob, build_data, finetune_steps
 from .vocab import Vocab
@@ -80,19 +80,31 @@ def grow_vocab_if_due(settings: Settings, trainer: Trainer, store: Store, scan: 
     return "".join(due)
 
 
-def run_finetune(settings: Settings, store: Store, should_stop=lambda: False) -> dict | None:
-    """One fine-tune: resume an unfinished one, or start on the new lines. None if none wait."""
+def run_finetune(settings: Settings, store: Store, should_stop=lambda: False,
+                 trainers: TrainerCache | None = None) -> dict | None:
+    """One fine-tune: resume an unfinished one, or start on the new lines. None if none wait.
+    `trainers` keeps the trainer from job to job (the daemon's); without it, each job loads one."""
     path = settings.corpus_file
     if not path.is_file():
         what = "a directory, not a file" if path.is_dir() else "missing"
         raise corpus.CorpusError(f"corpus {path} is {what}: put the corpus file back (or "
                                  "`tweetgen append` lines to start a new one); fine-tunes wait for it")
     manager = checkpoint_manager(settings)
-    loaded = latest_trainer(settings, manager)
+    trainers = trainers or TrainerCache()
+    loaded = trainers.latest(settings, manager)
     if loaded is None:
         log.warning("no usable checkpoint: fine-tune skipped until the initial training has run")
         return None
-    trainer, meta = loaded
+    try:
+        return _run(settings, store, should_stop, trainers, manager, *loaded)
+    except BaseException:
+        trainers.forget()  # its vocabulary or weights may be ahead of every checkpoint now
+        raise
+
+
+def _run(settings: Settings, store: Store, should_stop, trainers: TrainerCache,
+         manager: CheckpointManager, trainer: Trainer, meta: dict) -> dict | None:
+    path = settings.corpus_file
     recover(settings, store, manager, trainer, meta)
     job = TrainJob.from_dict(meta["job"])
     if job.kind == "finetune" and not job.done:
@@ -107,7 +119,8 @@ def run_finetune(settings: Settings, store: Store, should_stop=lambda: False) ->
         scan = scan_range(settings, trainer, start, end)
         grown = grow_vocab_if_due(settings, trainer, store, scan)
         job = TrainJob("finetune", settings.random_seed + trainer.step, start, end, trainer.step,
-                       settings.finetune_learning_rate, settings.replay_ratio, new_chars=grown)
+                       settings.finetune_learning_rate, settings.replay_ratio, new_chars=grown,
+                       validation_base=meta.get("validation_lines") if start else [])
     data = build_data(settings, trainer.vocab, job)
     resumes = job.run_id
     if resumes is None:
@@ -131,6 +144,7 @@ def run_finetune(settings: Settings, store: Store, should_stop=lambda: False) ->
         store.finish_run(job.run_id, "failed", error=f"{type(exc).__name__}: {exc}",
                          steps=trainer.step - first_step, bad_steps=trainer.bad_steps)
         raise
+    trainers.keep(trainer, result.checkpoint)
     if result.status == "interrupted":
         store.finish_run(job.run_id, "interrupted", steps=result.steps, bad_steps=result.bad_steps,
                          checkpoint_id=recorder.last_checkpoint_id)

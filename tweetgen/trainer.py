@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from . import corpus, faults
-from .checkpoints import Checkpoint, CheckpointError, CheckpointManager
+from . import corpus, distribute, faults
+from .checkpoints import Checkpoint, CheckpointError, CheckpointManager, checkpoint_name
 from .config import Settings
 from .errors import NonFiniteLossError
 from .model import CharGRU, build_model, grow_model
@@ -31,9 +33,7 @@ from .train import (
     bits_per_char,
     encode_lines,
     learning_rate_at,
-    make_eval_fn,
     make_optimizer,
-    make_train_step,
 )
 from .vocab import Vocab
 
@@ -54,12 +54,14 @@ class TrainJob:
     baseline_bpc: float | None = None  # finetune: validation bits/char before it started
     run_id: int | None = None  # the store's run, so a resumed job continues its record
     new_chars: str = ""  # finetune: characters the job added to the vocabulary
+    # finetune: the validation subset of the lines before corpus_start (None: read them)
+    validation_base: list[str] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainJob":
+    def from_dict(cls, data: dict[str, Any]) -> TrainJob:
         data = dict(data)
         data["position"] = Position(**data.get("position", {}))
         return cls(**data)
@@ -72,6 +74,7 @@ class TrainData:
     new_lines: int = 0
     replay_lines: int = 0
     unknown_chars: int = 0
+    validation_lines: list[str] = field(default_factory=list)  # the texts of `validation`
 
 
 def split_lines(lines: list[str], fraction: float) -> tuple[list[str], list[str]]:
@@ -90,22 +93,56 @@ def validation_subset(lines: list[str], limit: int) -> list[str]:
 
 
 def build_data(settings: Settings, vocab: Vocab, job: TrainJob) -> TrainData:
-    """The sequences a job trains and validates on, rebuilt identically on resume."""
-    path = settings.corpus_file
-    old = corpus.read_lines(path, 0, job.corpus_start).lines if job.corpus_start else []
-    new = corpus.read_lines(path, job.corpus_start, job.corpus_end).lines
-    old_train, old_val = split_lines(old, settings.validation_fraction)
-    new_train, new_val = split_lines(new, settings.validation_fraction)
+    """The sequences a job trains and validates on, rebuilt identically on resume.
+
+    A training job reads the whole corpus. A fine-tune reads only its own new lines, streamed,
+    so its cost and memory follow the append and not the corpus: it trains at most
+    finetune_max_steps x batch_size of them (a seeded sample when more were appended), draws
+    its replay lines from the older part by random reads (corpus.sample_lines), and validates
+    on the previous subset (job.validation_base, carried in every checkpoint's meta as
+    `validation_lines`) merged with its new validation lines.
+    """
+    if job.kind != "finetune":
+        lines = corpus.read_lines(settings.corpus_file, 0, job.corpus_end).lines
+        train, validation = split_lines(lines, settings.validation_fraction)
+        validation = validation_subset(validation, settings.max_validation_lines)
+        return _encoded(settings, vocab, train, validation, 0, 0)
+    path, fraction = settings.corpus_file, settings.validation_fraction
+    validation = job.validation_base
+    if validation is None:  # a checkpoint written before the subset was carried: read it once
+        validation = _validation_lines(settings, 0, job.corpus_start, [])
+    new_train: list[str] = []
+    cap, seen, rng = settings.finetune_max_steps * settings.batch_size, 0, random.Random(f"{job.seed}-new")
+    for batch in corpus.iter_batches(path, job.corpus_start, job.corpus_end):
+        train, val = split_lines(batch.lines, fraction)
+        validation = validation_subset(validation + val, settings.max_validation_lines)
+        for line in train:  # a reservoir sample: every new line has the same chance
+            seen += 1
+            if len(new_train) < cap:
+                new_train.append(line)
+            elif (slot := rng.randrange(seen)) < cap:
+                new_train[slot] = line
     replay: list[str] = []
-    if job.kind == "finetune" and old_train and job.replay_ratio > 0:
-        rng = np.random.default_rng([job.seed, 7])
-        count = min(len(old_train), math.ceil(job.replay_ratio * len(new_train)))
-        replay = [old_train[i] for i in rng.choice(len(old_train), count, replace=False)]
-    lines = new_train + replay if job.kind == "finetune" else old_train + new_train
-    validation = validation_subset(old_val + new_val, settings.max_validation_lines)
-    train_seqs, unknown = encode_lines(lines, vocab, settings.max_line_chars)
+    if job.corpus_start and job.replay_ratio > 0 and new_train:
+        older = corpus.count_lines(path, 0, job.corpus_start) * (1 - fraction)
+        count = min(math.ceil(job.replay_ratio * len(new_train)), int(older))
+        replay = corpus.sample_lines(path, job.corpus_start, count, random.Random(f"{job.seed}-replay"),
+                                     keep=lambda text: not corpus.is_validation(text, fraction))
+    return _encoded(settings, vocab, new_train + replay, validation, len(new_train), len(replay))
+
+
+def _validation_lines(settings: Settings, start: int, stop: int, subset: list[str]) -> list[str]:
+    for batch in corpus.iter_batches(settings.corpus_file, start, stop):
+        _, val = split_lines(batch.lines, settings.validation_fraction)
+        subset = validation_subset(subset + val, settings.max_validation_lines)
+    return subset
+
+
+def _encoded(settings: Settings, vocab: Vocab, train: list[str], validation: list[str],
+             new_lines: int, replay_lines: int) -> TrainData:
+    train_seqs, unknown = encode_lines(train, vocab, settings.max_line_chars)
     val_seqs, _ = encode_lines(validation, vocab, settings.max_line_chars)
-    return TrainData(train_seqs, val_seqs, len(new_train), len(replay), unknown)
+    return TrainData(train_seqs, val_seqs, new_lines, replay_lines, unknown, validation)
 
 
 def finetune_steps(settings: Settings, train_lines: int) -> int:
@@ -134,25 +171,23 @@ class Trainer:
                  optimizer_values: list[np.ndarray] | None = None) -> None:
         self.settings = settings
         self.vocab = vocab
-        self.model = model
         self.model_config = model_config_of(model)
         self.step = step
-        self.optimizer = make_optimizer(model, settings.learning_rate)
+        self.strategy = distribute.strategy_for(settings)
+        self._prepare(model)
         if optimizer_values is not None:
             assign_optimizer(self.optimizer, optimizer_values)
-        self.train_step = make_train_step(model, self.optimizer, settings.clip_norm)
-        self.eval_fn = make_eval_fn(model)
         self.last_loss: float | None = None
         self.loss_scale = 1.0  # multiplied into the loss; NaN makes a step non-finite (tests)
         self.bad_steps = 0  # non-finite steps in the current or last run, also after it raised
 
     @classmethod
-    def fresh(cls, settings: Settings, vocab: Vocab) -> "Trainer":
+    def fresh(cls, settings: Settings, vocab: Vocab) -> Trainer:
         keras_seed(settings.random_seed)
         return cls(settings, vocab, build_model(vocab.size, settings.model_config()))
 
     @classmethod
-    def from_checkpoint(cls, settings: Settings, ckpt: Checkpoint) -> "Trainer":
+    def from_checkpoint(cls, settings: Settings, ckpt: Checkpoint) -> Trainer:
         vocab = Vocab.from_json(ckpt.meta["vocab"])
         model = model_from_checkpoint(ckpt)
         return cls(settings, vocab, model, ckpt.step, ckpt.optimizer)
@@ -168,12 +203,17 @@ class Trainer:
         log.info("vocabulary grows from %d to %d ids: %r", self.vocab.size, vocab.size,
                  "".join(vocab.chars[len(self.vocab.chars):]))
         iterations = int(self.optimizer.iterations.numpy())
-        self.model = grow_model(self.model, vocab.size, self.model_config)
+        self._prepare(grow_model(self.model, vocab.size, self.model_config))
         self.vocab = vocab
-        self.optimizer = make_optimizer(self.model, self.settings.learning_rate)
         self.optimizer.iterations.assign(iterations)
-        self.train_step = make_train_step(self.model, self.optimizer, self.settings.clip_norm)
-        self.eval_fn = make_eval_fn(self.model)
+
+    def _prepare(self, model: CharGRU) -> None:
+        """The model under the strategy (tweetgen.distribute), a new optimizer, the compiled step."""
+        self.model = distribute.place_model(self.strategy, self.settings, model, self.model_config)
+        with self.strategy.scope():
+            self.optimizer = make_optimizer(self.model, self.settings.learning_rate)
+        self.train_step = distribute.make_train_step(self.strategy, self.settings, self.model, self.optimizer)
+        self.eval_fn = distribute.make_eval_fn(self.strategy, self.model)
 
     def learning_rate(self, job: TrainJob) -> float:
         if job.learning_rate is not None:
@@ -238,6 +278,9 @@ class Trainer:
     def save(self, job: TrainJob, data: TrainData, manager: CheckpointManager,
              on_checkpoint: Callable[[Path, dict], None] | None = None) -> tuple[Path, dict]:
         meta = self.meta(job, self.validation_bpc(data))
+        meta["validation_lines"] = data.validation_lines  # the next fine-tune starts from it
+        if not distribute.is_chief(self.strategy):  # a multi-worker run's chief writes and records it
+            return manager.directory / checkpoint_name(self.step), meta
         path = manager.save(meta, [w.numpy() for w in self.model.weights],
                             [v.numpy() for v in self.optimizer.variables])
         faults.crash_point("checkpoint-saved")
@@ -253,7 +296,7 @@ class Trainer:
         trained_through = job.corpus_end if (job.done or job.kind == "train") else job.corpus_start
         return {
             "step": self.step,
-            "created": datetime.now(timezone.utc).isoformat(),
+            "created": datetime.now(UTC).isoformat(),
             "vocab": self.vocab.to_json(),
             "vocab_hash": self.vocab.hash,
             "vocab_size": self.vocab.size,
