@@ -10,8 +10,8 @@ from scratch on the default corpus (the FreeBSD fortunes, as `tweetgen train` wr
 the default model (embedding 64, GRU 128 then 256) and a global batch of 64 lines:
 
 - `one`: strategy `auto`, one device: the single-device step (tweetgen.train);
-- `mirrored-1`: strategy `mirrored` on one logical CPU device: the replicated step's own cost
-  (the shard, two all-reduces, the cross-replica apply) with nothing to share;
+- `mirrored-1`: strategy `mirrored` with one replica (the CPU, or the one GPU): the replicated
+  step's own cost (the shard, two all-reduces, the cross-replica apply) with nothing to share;
 - `mirrored-2`: strategy `mirrored` on 2 logical CPU devices (the same 2 cores: each replica
   gets half the batch, both run at once on TensorFlow's one thread pool);
 - `workers-2`: strategy `multi-worker`, 2 worker processes on 127.0.0.1 (one replica each, all
@@ -54,7 +54,7 @@ CONFIGS = {
     "mirrored-2": {"strategy": "mirrored", "cpu_replicas": 2},
     "workers-2": {"strategy": "multi-worker"},
 }
-LABELS = {"one": "one device", "mirrored-1": "mirrored, 1 logical CPU",
+LABELS = {"one": "one device", "mirrored-1": "mirrored, 1 replica",
           "mirrored-2": "mirrored, 2 logical CPUs", "workers-2": "multi-worker, 2 processes"}
 
 
@@ -162,10 +162,11 @@ def run_all(args: argparse.Namespace) -> dict:
         runs = [r[config] for r in rounds]
         entry = {"label": LABELS[config], "replicas": runs[0]["replicas"], "strategy": runs[0]["strategy"],
                  "chars_per_s": round(statistics.median(r["chars_per_s"] for r in runs)),
+                 "per_round": [round(r["chars_per_s"]) for r in runs],
                  "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
         if "one" in args.configs:
-            entry["ratio_vs_one"] = round(statistics.median(
-                r[config]["chars_per_s"] / r["one"]["chars_per_s"] for r in rounds), 3)
+            entry["ratios"] = [round(r[config]["chars_per_s"] / r["one"]["chars_per_s"], 3) for r in rounds]
+            entry["ratio_vs_one"] = statistics.median(entry["ratios"])
         summary[config] = entry
     return {
         "date": datetime.now().isoformat(timespec="seconds"),
@@ -180,11 +181,16 @@ def print_table(report: dict) -> None:
           f"GRU {report['gru_sizes']}, global batch {report['batch_size']}, {report['precision']}; "
           f"{report['steps']} steps a run, median of {report['log_every']}-step windows (the first left "
           f"out), {len(report['rounds'])} round(s)")
-    print(f"{'configuration':<28} {'replicas':>8} {'chars/s':>10} {'vs one device':>14} {'peak RSS':>9}")
+    print(f"{'configuration':<27} {'replicas':>8} {'chars/s':>8} {'vs one':>7} {'peak RSS':>9}   "
+          "each round: chars/s (vs one device)")
     for entry in report["summary"].values():
         ratio = f"{entry['ratio_vs_one']:.2f}x" if "ratio_vs_one" in entry else "-"
-        print(f"{entry['label']:<28} {entry['replicas']:>8} {entry['chars_per_s']:>10,} {ratio:>14} "
-              f"{entry['peak_rss_mb']:>6} MB")
+        ratios = entry.get("ratios")
+        rounds = ", ".join(f"{c:,}" + (f" ({ratios[i]:.2f}x)" if ratios else "")
+                           for i, c in enumerate(entry["per_round"]))
+        print(f"{entry['label']:<27} {entry['replicas']:>8} {entry['chars_per_s']:>8,} {ratio:>7} "
+              f"{entry['peak_rss_mb']:>6} MB   {rounds}")
+    print("chars/s: the median over rounds; vs one: the median of each round's ratio to one device")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,6 @@
 """tf.distribute: 2 mirrored replicas give the single-device step, checkpoints move between replica
-counts, 2 real worker processes train together, mixed precision keeps a float32 loss.
+counts, 2 real worker processes train together, the daemon runs under `mirrored`, mixed precision
+keeps a float32 loss.
 
 The mirrored checks run in tests/distribute_check.py, in a Python of its own: splitting the CPU
 into logical devices is only possible before TensorFlow starts, so it must not happen here. The

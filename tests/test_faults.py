@@ -150,7 +150,7 @@ def test_nan_losses_are_skipped_recorded_and_stop_the_run(tmp_path: Path) -> Non
 
 def test_disk_full_fails_the_job_clearly_and_the_next_run_retries(tmp_path: Path) -> None:
     # A bigger model, so its checkpoint (about 1.9 MB) is much larger than the database.
-    home = make_home(tmp_path, initial_steps=20, checkpoint_every=10, gru_sizes=[128, 128])
+    home = make_home(tmp_path, initial_steps=10, checkpoint_every=10, gru_sizes=[128, 128])
     daemon = start_daemon(home, log_through_pipe=True)
     db = home / "db" / "tweetgen.db"
     unlimited = resource.getrlimit(resource.RLIMIT_FSIZE)
@@ -212,7 +212,7 @@ def test_a_locked_database_makes_jobs_retry_and_drops_nothing(tmp_path: Path) ->
         wait_for(lambda: "fine-tune run 2:" in log_text(home)[mark:], proc=daemon, interval=0.02,
                  what="the fine-tune to start")
         blocker = sqlite3.connect(db, isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock for 6 s
+        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock for 5 s
         locked_at = time.monotonic()
         try:
             wait_for(lambda: "kept in memory" in log_text(home)[mark:] and
@@ -220,7 +220,7 @@ def test_a_locked_database_makes_jobs_retry_and_drops_nothing(tmp_path: Path) ->
                      what="a refused tweet write and a refused fine-tune")
             # Readers are not blocked by a writer.
             assert json.loads(tweetgen(home, "tweets", "--json", "--limit", "3").stdout)
-            time.sleep(max(0.0, locked_at + 6 - time.monotonic()))
+            time.sleep(max(0.0, locked_at + 5 - time.monotonic()))
         finally:
             blocker.execute("ROLLBACK")
             blocker.close()
@@ -244,9 +244,9 @@ def test_a_locked_database_makes_jobs_retry_and_drops_nothing(tmp_path: Path) ->
 WRITER = """
 import subprocess, sys
 home, writer = sys.argv[1], int(sys.argv[2])
-for batch in range(10):
-    lines = "".join(f"writer {writer} line {batch * 100 + k} " + "x" * (k % 40) + "\\n"
-                    for k in range(100))
+for batch in range(4):
+    lines = "".join(f"writer {writer} line {batch * 250 + k} " + "x" * (k % 40) + "\\n"
+                    for k in range(250))
     subprocess.run([sys.executable, "-m", "tweetgen.cli", "--home", home, "append", "-"],
                    input=lines.encode(), check=True, capture_output=True)
 """

@@ -87,6 +87,7 @@ class Daemon:
         self.trained = False  # the start-up's training (or resume) is done; until then jobs retry it
         self.last_error: str | None = None  # the last job error, until the next job has run
         self.unrecorded_events: list[tuple] = []  # job events a database error kept from the store
+        self.events_lock = threading.Lock()  # events come from the job threads and the listener
         self.corpus_problem: str | None = None
 
     # ---- life cycle
@@ -178,10 +179,11 @@ class Daemon:
             with self.work_lock:
                 if self.stop_event.is_set():  # a stop came while it waited for another job
                     return
+                why = self.last_error
                 self._close_runs_left_running()
                 run = func
                 if job_id != "startup" and not self.trained:
-                    log.warning("the start-up did not finish (%s): retrying it now", self.last_error)
+                    log.warning("the start-up did not finish (%s): retrying it now", why)
                     run = self.startup_job
                 started = time.monotonic()
                 try:
@@ -222,14 +224,15 @@ class Daemon:
 
     def _record(self, job_id: str, kind: str, error: str | None, duration: float | None) -> None:
         """Record a job event; events the store refuses are kept and recorded with the next one."""
-        self.unrecorded_events.append((job_id, kind, error, duration))
-        del self.unrecorded_events[:-1000]
-        try:
-            while self.unrecorded_events:
-                self.store.record_job_event(*self.unrecorded_events[0])
-                self.unrecorded_events.pop(0)
-        except StoreError as exc:
-            log.error("job event not recorded yet (%d waiting): %s", len(self.unrecorded_events), exc)
+        with self.events_lock:
+            self.unrecorded_events.append((job_id, kind, error, duration))
+            del self.unrecorded_events[:-1000]
+            try:
+                while self.unrecorded_events:
+                    self.store.record_job_event(*self.unrecorded_events[0])
+                    self.unrecorded_events.pop(0)
+            except StoreError as exc:
+                log.error("job event not recorded yet (%d waiting): %s", len(self.unrecorded_events), exc)
 
     def _beat(self, state: str = "running") -> None:
         if self.store is None:

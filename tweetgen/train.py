@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
-import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
 
 import keras
 import numpy as np
@@ -101,7 +100,8 @@ class Batcher:
 def masked_loss_sum(targets: tf.Tensor, logits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """(sum of cross-entropy in nats over non-padding targets, their count)."""
     mask = tf.cast(tf.not_equal(targets, PAD), tf.float32)
-    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=tf.cast(logits, tf.float32))
+    logits = tf.cast(logits, tf.float32)  # the loss stays float32 under mixed precision
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
     return tf.reduce_sum(losses * mask), tf.reduce_sum(mask)
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 
@@ -26,7 +26,7 @@ class Vocab:
         object.__setattr__(self, "_index", {c: i + len(RESERVED) for i, c in enumerate(self.chars)})
 
     @classmethod
-    def build(cls, lines: Iterable[str], min_count: int = 1) -> "Vocab":
+    def build(cls, lines: Iterable[str], min_count: int = 1) -> Vocab:
         """Characters seen at least `min_count` times, most frequent first (ties by code point)."""
         counts = count_chars(lines)
         kept = [c for c, n in counts.items() if n >= min_count]
@@ -61,7 +61,7 @@ class Vocab:
     def unknown_chars(self, text: str) -> Counter:
         return Counter(c for c in text if c not in self._index)
 
-    def grown(self, new_chars: Iterable[str]) -> "Vocab":
+    def grown(self, new_chars: Iterable[str]) -> Vocab:
         """A vocabulary with `new_chars` appended; every old id keeps its meaning."""
         extra = sorted({c for c in new_chars if c not in self._index and len(c) == 1})
         return Vocab(self.chars + tuple(extra))
@@ -70,7 +70,7 @@ class Vocab:
         return json.dumps({"reserved": list(RESERVED), "chars": list(self.chars)}, ensure_ascii=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Vocab":
+    def from_json(cls, text: str) -> Vocab:
         data = json.loads(text)
         if tuple(data.get("reserved", ())) != RESERVED:
             raise ValueError("vocabulary has different reserved tokens")
