@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import resource
 import sqlite3
 import subprocess
@@ -242,18 +243,25 @@ def test_a_locked_database_makes_jobs_retry_and_drops_nothing(tmp_path: Path) ->
 
 
 WRITER = """
-import subprocess, sys
-home, writer = sys.argv[1], int(sys.argv[2])
+import json, subprocess, sys, urllib.request
+home, writer, url = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 for batch in range(4):
-    lines = "".join(f"writer {writer} line {batch * 250 + k} " + "x" * (k % 40) + "\\n"
-                    for k in range(250))
-    subprocess.run([sys.executable, "-m", "tweetgen.cli", "--home", home, "append", "-"],
-                   input=lines.encode(), check=True, capture_output=True)
+    lines = [f"writer {writer} line {batch * 250 + k} " + "x" * (k % 40) for k in range(250)]
+    if url == "cli":  # `tweetgen append -`, one process per batch
+        subprocess.run([sys.executable, "-m", "tweetgen.cli", "--home", home, "append", "-"],
+                       input="".join(line + "\\n" for line in lines).encode(), check=True,
+                       capture_output=True)
+    else:  # POST /api/corpus to the daemon's HTTP API
+        request = urllib.request.Request(url + "/api/corpus", json.dumps({"lines": lines}).encode(),
+                                         {"Content-Type": "application/json"})
+        assert json.load(urllib.request.urlopen(request, timeout=60))["added"] == 250
 """
 
 
 def test_four_concurrent_writers_and_readers_while_the_daemon_ingests(tmp_path: Path) -> None:
-    home = make_home(tmp_path, initial_steps=20, checkpoint_every=10, min_new_lines=50)
+    # Two writers use `tweetgen append`, two the daemon's HTTP API, all at once.
+    home = make_home(tmp_path, initial_steps=20, checkpoint_every=10, min_new_lines=50,
+                     http_address="127.0.0.1:0")
     daemon = start_daemon(home)
     db = home / "db" / "tweetgen.db"
     errors: list[str] = []
@@ -272,11 +280,13 @@ def test_four_concurrent_writers_and_readers_while_the_daemon_ingests(tmp_path: 
 
     try:
         first_tweets(home, daemon)
+        url = wait_for(lambda: re.search(r"on (http://127\.0\.0\.1:\d+)", log_text(home)),
+                       proc=daemon, what="the HTTP address").group(1)
         readers = [threading.Thread(target=read) for _ in range(2)]
         for thread in readers:
             thread.start()
-        writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(home), str(w)], cwd=REPO)
-                   for w in range(4)]
+        writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(home), str(w),
+                                     "cli" if w < 2 else url], cwd=REPO) for w in range(4)]
         for _ in range(3):
             result = tweetgen(home, "tweets", "--json", "--limit", "5", check=False)
             if result.returncode != 0:
