@@ -92,7 +92,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(path, meta, weights, optimizer)
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -115,7 +116,7 @@ class CheckpointManager:
         """Remove what a crash left mid-write; never a file another live process is writing."""
         for tmp in self.directory.glob(".*.tmp-*"):
             pid = tmp.name.rsplit("-", 1)[-1]
-            if not (pid.isdigit() and _process_alive(int(pid))):
+            if not (pid.isdigit() and process_alive(int(pid))):
                 tmp.unlink(missing_ok=True)
 
     def paths(self) -> list[Path]:

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from datetime import UTC, datetime
 from typing import Any
 
-from .checkpoints import CheckpointManager
+from .checkpoints import CheckpointManager, process_alive
 from .config import Settings
-from .corpus import count_lines_after
+from .corpus import lines_waiting
 from .store import Store
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _age_seconds(iso: str) -> float:
@@ -39,7 +28,7 @@ def daemon_status(settings: Settings) -> dict[str, Any]:
     if info is not None:
         fresh = _age_seconds(info["beat"]) < 3 * settings.heartbeat_seconds + 5
         same_host = info["host"] == socket.gethostname()
-        alive = info["state"] == "running" and fresh and (not same_host or _pid_alive(info["pid"]))
+        alive = info["state"] == "running" and fresh and (not same_host or process_alive(info["pid"]))
     manager_dir = settings.checkpoints
     promoted_file = CheckpointManager(manager_dir).promoted_path() if manager_dir.is_dir() else None
     return {
@@ -56,7 +45,7 @@ def daemon_status(settings: Settings) -> dict[str, Any]:
             "id": promoted["id"], "path": promoted["path"], "step": promoted["step"],
             "val_bpc": promoted["val_bpc"],
         } if promoted else ({"path": str(promoted_file)} if promoted_file else None),
-        "lines_waiting": count_lines_after(settings.corpus_file, cursor["offset"]) if cursor else None,
+        "lines_waiting": lines_waiting(settings.corpus_file, cursor) if cursor else None,
         "samples": samples,
         "last_runs": [{k: r.get(k) for k in ("id", "kind", "status", "started", "finished", "steps",
                                                "val_bpc_before", "val_bpc_after", "promoted", "error")}
