@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Settings
-from ..corpus import count_lines_after
+from ..corpus import lines_waiting
 from ..store import Store
 
 disable_created_metrics()  # the *_created series double the output and tell nothing here
@@ -77,8 +77,7 @@ class StoreCollector(Collector):
         cursor = store.cursor(str(self.settings.corpus_file))
         waiting = GaugeMetricFamily("tweetgen_lines_waiting",
                                     "Corpus lines appended since the last ingest, not trained yet")
-        start = cursor["offset"] if cursor else 0
-        waiting.add_metric([], count_lines_after(self.settings.corpus_file, start))
+        waiting.add_metric([], lines_waiting(self.settings.corpus_file, cursor))
         yield waiting
 
 
