@@ -128,7 +128,13 @@ def _grow_and_compare(input_mode: str) -> None:
         first_old, first_new = model.grus[0].cell.kernel.numpy(), grown.grus[0].cell.kernel.numpy()
         assert first_new.shape == (new, 3 * 16)
         np.testing.assert_array_equal(first_new[:old], first_old)
-        assert np.any(first_new[old:] != 0)  # fresh rows are initialised, not left empty
+    # A new id starts as input like <unk>, which is what the model saw for it until now.
+    from tweetgen.vocab import UNK
+
+    for row in range(old, new):
+        np.testing.assert_array_equal(first_new[row] if input_mode == "onehot"
+                                      else grown.embed.embeddings.numpy()[row],
+                                      first_old[UNK] if input_mode == "onehot" else emb_old[UNK])
 
     for gru_old, gru_new in zip(model.grus, grown.grus, strict=True):
         np.testing.assert_array_equal(gru_new.cell.recurrent_kernel.numpy(),
@@ -140,6 +146,9 @@ def _grow_and_compare(input_mode: str) -> None:
     assert kernel_new.shape == (24, new)
     np.testing.assert_array_equal(kernel_new[:, :old], kernel_old)
     np.testing.assert_array_equal(grown.head.bias.numpy()[:old], model.head.bias.numpy())
+    # New outputs: a zero kernel column and a bias far below the old ones.
+    np.testing.assert_array_equal(kernel_new[:, old:], 0.0)
+    assert grown.head.bias.numpy()[old:].max() <= model.head.bias.numpy().min() - 8.0
 
     # The old characters' logits are unchanged on any input made of old ids.
     import tensorflow as tf
@@ -186,6 +195,9 @@ def test_trainer_grow_vocab_trains_saves_and_reloads(tmp_path, make_settings) ->
     assert trainer.vocab.size == vocab.size + 1
     np.testing.assert_array_equal(trainer.model.embed.embeddings.numpy()[: vocab.size], before)
     assert int(trainer.optimizer.iterations.numpy()) == 3
+    # Adam's moments are kept for the old rows (zeros for the new ones), not restarted.
+    slots = [v.numpy() for v in trainer.optimizer.variables]
+    assert sum(float(np.abs(v).sum()) for v in slots[2:]) > 0
 
     end = corpus.complete_end(settings.corpus_file)
     job = TrainJob("train", 1, 0, end, 6)
@@ -197,3 +209,30 @@ def test_trainer_grow_vocab_trains_saves_and_reloads(tmp_path, make_settings) ->
     reloaded = Trainer.from_checkpoint(settings, manager.load_latest())
     assert reloaded.vocab == trainer.vocab and reloaded.step == 6
     assert reloaded.model.vocab_size == trainer.vocab.size
+
+
+def test_growing_the_vocabulary_alone_leaves_old_validation_unchanged(tmp_path, make_settings) -> None:
+    """Growing costs nothing: bits/char on the old validation lines moves by less than 0.005."""
+    from conftest import write_corpus
+
+    from tweetgen import corpus
+    from tweetgen.checkpoints import CheckpointManager
+    from tweetgen.train import bits_per_char, encode_lines
+    from tweetgen.trainer import Trainer, TrainJob, build_data
+
+    settings = make_settings(tmp_path)
+    lines = [f"the cat {w} on the mat {i}" for i, w in enumerate(["sat", "ran", "lay", "hid"] * 10)]
+    write_corpus(settings.corpus_file, lines)
+    vocab = Vocab.build(corpus.read_lines(settings.corpus_file).lines)
+    trainer = Trainer.fresh(settings, vocab)
+    end = corpus.complete_end(settings.corpus_file)
+    job = TrainJob("train", 1, 0, end, 40)
+    trainer.run(job, build_data(settings, vocab, job), CheckpointManager(settings.checkpoints))
+    old_lines, _ = encode_lines(lines[:20], vocab, 280)
+    before = bits_per_char(trainer.model, old_lines)
+
+    trainer.grow_vocab(["ü", "é", "ß"])
+    grown_lines, _ = encode_lines(lines[:20], trainer.vocab, 280)
+    after = bits_per_char(trainer.model, grown_lines)
+    assert before < 4.0  # it learned something, so the comparison means something
+    assert abs(after - before) < 0.005, (before, after)

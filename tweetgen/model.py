@@ -256,26 +256,41 @@ def build_model(vocab_size: int, model_config: dict[str, Any]) -> CharGRU:
     return model
 
 
+# A new output row's bias sits this far below the lowest old one, with a zero kernel column: the
+# grown model gives the new characters almost no probability, so what it says about the old ones
+# is unchanged (tests/test_vocab.py measures it on validation bits/char); training lifts them.
+GROWN_LOGIT_GAP = 8.0
+
+
 def grow_model(model: CharGRU, new_vocab_size: int, model_config: dict[str, Any]) -> CharGRU:
     """A model for a larger vocabulary whose rows for the old ids are exactly the old ones.
 
-    The new characters' rows keep the fresh initialisation of the new model.
+    The new ids start where they cost nothing: as input, the `<unk>` row (what the model saw for
+    those characters until now); as output, a zero kernel column and a bias `GROWN_LOGIT_GAP`
+    below the lowest old one, so the old characters' probabilities barely move.
     """
+    from .vocab import UNK
+
     old_size = model.vocab_size
     if new_vocab_size < old_size:
         raise ValueError("a vocabulary can only grow")
     grown = build_model(new_vocab_size, model_config)
+    head_kernel, head_bias = id(model.head.kernel), id(model.head.bias)
     for old_var, new_var in zip(model.weights, grown.weights):
-        old, new = old_var.numpy(), new_var.numpy()
-        if old.shape == new.shape:
+        old = old_var.numpy()
+        if old.shape == tuple(new_var.shape):
             new_var.assign(old)
             continue
         # The one axis that differs is the vocabulary axis; copy the old rows into it.
-        axis = next(a for a in range(old.ndim) if old.shape[a] != new.shape[a])
-        index = [slice(None)] * old.ndim
-        index[axis] = slice(0, old_size)
-        new[tuple(index)] = old
-        new_var.assign(new)
+        axis = next(a for a in range(old.ndim) if old.shape[a] != new_var.shape[a])
+        if id(old_var) == head_kernel:
+            fill = np.zeros_like(np.take(old, [0], axis=axis))
+        elif id(old_var) == head_bias:
+            fill = np.full((1,), old.min() - GROWN_LOGIT_GAP, old.dtype)
+        else:  # the input side: the embedding, or the first GRU kernel of one-hot input
+            fill = np.take(old, [UNK], axis=axis)
+        added = np.repeat(fill, new_vocab_size - old_size, axis=axis)
+        new_var.assign(np.concatenate([old, added], axis=axis))
     return grown
 
 

@@ -196,16 +196,19 @@ class Trainer:
         return bits_per_char(self.model, data.validation, eval_fn=self.eval_fn)
 
     def grow_vocab(self, new_chars: list[str]) -> None:
-        """Add characters; old rows are kept exactly. Adam's moments restart (shapes change)."""
+        """Add characters; old rows are kept exactly (see model.grow_model), and so is Adam's
+        state for them: restarting its moments with the step count kept would make the next
+        updates several times the learning rate and undo what the model knew."""
         vocab = self.vocab.grown(new_chars)
         if vocab.size == self.vocab.size:
             return
         log.info("vocabulary grows from %d to %d ids: %r", self.vocab.size, vocab.size,
                  "".join(vocab.chars[len(self.vocab.chars):]))
-        iterations = int(self.optimizer.iterations.numpy())
+        old_state = [v.numpy() for v in self.optimizer.variables]
         self._prepare(grow_model(self.model, vocab.size, self.model_config))
         self.vocab = vocab
-        self.optimizer.iterations.assign(iterations)
+        assign_optimizer(self.optimizer, [_zero_padded(value, tuple(var.shape)) for value, var
+                                          in zip(old_state, self.optimizer.variables)])
 
     def _prepare(self, model: CharGRU) -> None:
         """The model under the strategy (tweetgen.distribute), a new optimizer, the compiled step."""
@@ -343,6 +346,15 @@ def assign_optimizer(optimizer, values: list[np.ndarray]) -> None:
         raise CheckpointError("optimizer state in checkpoint does not match the model")
     for var, value in zip(variables, values):
         var.assign(value)
+
+
+def _zero_padded(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """`value` in the top-left corner of zeros of `shape` (an optimizer slot of a grown variable)."""
+    if value.shape == shape:
+        return value
+    padded = np.zeros(shape, value.dtype)
+    padded[tuple(slice(0, n) for n in value.shape)] = value
+    return padded
 
 
 def keras_seed(seed: int) -> None:
