@@ -108,17 +108,18 @@ def test_empty_file_is_treated_as_version_zero(db_path: Path):
     db_path.parent.mkdir(parents=True)
     db_path.write_bytes(b"")
     with Store(db_path) as s:
-        assert s.get_meta("schema_version") == "1"
+        assert s.get_meta("schema_version") == str(SCHEMA_VERSION)
 
 
 def test_newer_schema_version_is_refused(tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = Path("db/x.db")
-    Store(path).set_meta("schema_version", "3")
+    newer = SCHEMA_VERSION + 1
+    Store(path).set_meta("schema_version", str(newer))
     with pytest.raises(StoreError) as info:
         Store(path)
     assert str(info.value) == (
-        "db/x.db has schema version 3, newer than this tweetgen (1): upgrade tweetgen"
+        f"db/x.db has schema version {newer}, newer than this tweetgen ({SCHEMA_VERSION}): upgrade tweetgen"
     )
 
 
@@ -157,13 +158,14 @@ def test_garbage_file_is_refused(db_path: Path):
 def test_migrations_run_in_order(db_path: Path, monkeypatch):
     Store(db_path).close()
 
-    def migrate_to_2(db: sqlite_utils.Database) -> None:
+    def migrate_to_next(db: sqlite_utils.Database) -> None:
         db.execute("ALTER TABLE samples ADD COLUMN language TEXT")
 
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(store_module.MIGRATIONS, 2, migrate_to_2)
+    following = SCHEMA_VERSION + 1
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", following)
+    monkeypatch.setitem(store_module.MIGRATIONS, following, migrate_to_next)
     with Store(db_path) as s:
-        assert s.get_meta("schema_version") == "2"
+        assert s.get_meta("schema_version") == str(following)
         [sample_id] = s.add_samples([sample("hola", language="es")])
         assert s.get_sample(sample_id)["language"] == "es"
 
@@ -587,3 +589,17 @@ def test_lock_held_elsewhere_gives_store_error(db_path: Path):
     s.start_run("train", pid=1)
     assert len(s.list_runs()) == 1
     s.close()
+
+
+def test_a_version_1_database_migrates_to_the_current_schema(db_path: Path):
+    """Every migration runs on a database made by the first schema, keeping its rows."""
+    db_path.parent.mkdir(parents=True)
+    db = sqlite_utils.Database(db_path)
+    store_module.MIGRATIONS[1](db)
+    db.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '1')")
+    db.execute("INSERT INTO runs (kind, status, started) VALUES ('initial', 'completed', 'x')")
+    db.conn.commit()
+    db.close()
+    with Store(db_path) as s:
+        assert s.get_meta("schema_version") == str(SCHEMA_VERSION)
+        assert s.get_run(1)["kind"] == "initial"

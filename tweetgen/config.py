@@ -66,6 +66,7 @@ class Settings:
     finetune_max_steps: int = 1000
     finetune_learning_rate: float = 5e-4
     promote_tolerance_bpc: float = 0.02
+    new_validation_fraction: float = 0.1  # share of appended lines held out to judge a fine-tune
     vocab_grow_min_count: int = 5
 
     # Generation.
@@ -197,6 +198,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"dropout must be in [0, 1), got {settings.dropout}")
     if not 0 < settings.validation_fraction < 0.5:
         raise ConfigError("validation_fraction must be in (0, 0.5)")
+    if not 0 <= settings.new_validation_fraction < 0.5:
+        raise ConfigError("new_validation_fraction must be in [0, 0.5)")
     if settings.batch_size < 1 or settings.max_tweet_chars < 1 or settings.keep_checkpoints < 1:
         raise ConfigError("batch_size, max_tweet_chars and keep_checkpoints must be at least 1")
     if any(t <= 0 for t in settings.temperatures):

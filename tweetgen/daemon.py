@@ -265,7 +265,7 @@ class Daemon:
         if self.stop_event.is_set():
             return
         if manager.promoted_path() is None and manager.paths():
-            manager.promote(manager.paths()[-1])
+            promote_if_nothing_served(manager, manager.paths()[-1])
         engine.sync_checkpoint_flags(self.store, manager)
         self.trained = True
         self.generate_job()
@@ -290,7 +290,7 @@ class Daemon:
             return
         manager = engine.checkpoint_manager(s)
         if outcome.result.checkpoint is not None:
-            manager.promote(outcome.result.checkpoint)
+            promote_if_nothing_served(manager, outcome.result.checkpoint)
         engine.sync_checkpoint_flags(self.store, manager)
         # The initial corpus is ingested by the initial run: record it like any other ingest.
         finetune.reconcile_ingests(s, self.store)
@@ -346,6 +346,20 @@ class Daemon:
         if self.generator_cache is None:
             self.generator_cache = GeneratorCache(self.settings)
         generate_scheduled(self.settings, self.store, self.generator_cache)
+
+
+def promote_if_nothing_served(manager: Any, checkpoint: Path) -> None:
+    """The first model is served when its validation is known (tweetgen.promotion's rule)."""
+    from .checkpoints import read_meta
+    from .promotion import Figures, decide
+
+    if manager.promoted_path() is not None:
+        return
+    decision = decide("initial", None, Figures(read_meta(checkpoint).get("val_bpc")), 0.0)
+    if decision.promote:
+        manager.promote(checkpoint)
+    else:
+        log.warning("checkpoint %s not promoted: %s", checkpoint.name, decision.reason)
 
 
 def _unfinished_initial(meta: dict) -> bool:

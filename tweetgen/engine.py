@@ -21,6 +21,7 @@ from .config import Settings
 from .generate import Generator, Sample
 from .model import CharGRU
 from .novelty import NoveltyIndex
+from .promotion import ServedModel
 from .store import Store, StoreError
 from .train import StepLog, bits_per_char, encode_lines
 from .trainer import RunResult, Trainer, TrainJob, build_data, model_from_checkpoint
@@ -62,6 +63,7 @@ class TrainerCache:
     def __init__(self) -> None:
         self.trainer: Trainer | None = None
         self.stamp: tuple | None = None
+        self.served = ServedModel()  # the promoted model, that candidates are judged against
 
     def latest(self, settings: Settings, manager: CheckpointManager) -> tuple[Trainer, dict] | None:
         """Like latest_trainer, without loading again when the kept trainer is that state."""
@@ -146,7 +148,8 @@ class StoreRecorder:
         try:
             self.last_checkpoint_id = self.store.record_checkpoint(
                 str(path), meta["step"], self.run_id, meta.get("train_loss"), bpc,
-                meta["trained_through"], meta["vocab_hash"], meta["vocab_size"], meta["model_config"])
+                meta["trained_through"], meta["vocab_hash"], meta["vocab_size"], meta["model_config"],
+                meta.get("val_new_bpc"))
             self.store.log_losses(self.run_id, self.pending)
             self.pending = []
             sync_checkpoint_flags(self.store, self.manager, latest=path)

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections import Counter
 from dataclasses import dataclass
 
 from . import corpus, faults
-from .checkpoints import CheckpointManager, checkpoint_name, checkpoint_step
+from .checkpoints import CheckpointManager, checkpoint_name
 from .config import Settings
 from .engine import StoreRecorder, TrainerCache, checkpoint_manager, latest_trainer, sync_checkpoint_flags
+from .promotion import Decision, Figures, ServedModel, decide, known
 from .store import Store
-from .trainer import RunResult, Trainer, TrainJob, build_data, finetune_steps
+from .trainer import RunResult, Trainer, TrainData, TrainJob, build_data, finetune_steps
 from .vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -125,15 +125,19 @@ def _run(settings: Settings, store: Store, should_stop, trainers: TrainerCache,
     resumes = job.run_id
     if resumes is None:
         job.target_step = trainer.step + (finetune_steps(settings, len(data.train)) if data.train else 0)
-        job.baseline_bpc = trainer.validation_bpc(data)
+        served = trainers.served.figures_on(manager, trainer.vocab, data.validation, data.new_validation)
+        job.baseline_bpc, job.baseline_new_bpc = (served.old_bpc, served.new_bpc) if served else (None, None)
     # A resumed job gets a run of its own: the stopped one keeps its status (interrupted, crashed).
     job.run_id = store.start_run("finetune", os.getpid(), start_step=trainer.step,
                                  new_lines=data.new_lines, replay_lines=data.replay_lines,
-                                 val_bpc_before=_finite(job.baseline_bpc),
+                                 new_val_lines=len(data.new_validation),
+                                 val_bpc_before=known(job.baseline_bpc),
+                                 val_new_bpc_before=known(job.baseline_new_bpc),
                                  config={"resumes_run": resumes} if resumes else None)
-    log.info("fine-tune run %d: %d new lines (%d rejected), %d replayed, %d steps, validation "
-             "%.4f bits/char before", job.run_id, scan.lines, sum(scan.rejected.values()),
-             data.replay_lines, job.target_step - trainer.step, job.baseline_bpc or float("nan"))
+    log.info("fine-tune run %d: %d new lines (%d rejected, %d held out to judge it), %d replayed, "
+             "%d steps; the served model: validation %s, new lines %s bits/char", job.run_id,
+             scan.lines, sum(scan.rejected.values()), len(data.new_validation), data.replay_lines,
+             job.target_step - trainer.step, _bpc(job.baseline_bpc), _bpc(job.baseline_new_bpc))
     faults.crash_point("ingest-started")
     recorder = StoreRecorder(store, job.run_id, manager)
     first_step = trainer.step
@@ -149,33 +153,37 @@ def _run(settings: Settings, store: Store, should_stop, trainers: TrainerCache,
         store.finish_run(job.run_id, "interrupted", steps=result.steps, bad_steps=result.bad_steps,
                          checkpoint_id=recorder.last_checkpoint_id)
         return {"run": job.run_id, "status": "interrupted"}
-    return finish(settings, store, manager, job, scan, trainer, result)
+    return finish(settings, store, manager, job, scan, trainer, result, data, trainers.served)
 
 
-def should_promote(settings: Settings, before: float | None, after: float | None) -> bool:
-    """Promote unless validation got worse by more than the tolerance (unknown counts as not worse)."""
-    return not (_finite(before) is not None and _finite(after) is not None
-                and after > before + settings.promote_tolerance_bpc)
+def judge(settings: Settings, manager: CheckpointManager, served: ServedModel, trainer: Trainer,
+          data: TrainData, candidate: Figures) -> Decision:
+    """A finished fine-tune's checkpoint against the served model, on the same lines."""
+    figures = served.figures_on(manager, trainer.vocab, data.validation, data.new_validation)
+    return decide("finetune", figures, candidate, settings.promote_tolerance_bpc)
 
 
 def finish(settings: Settings, store: Store, manager: CheckpointManager, job: TrainJob,
-           scan: IngestScan, trainer: Trainer, result: RunResult) -> dict:
-    before, after = job.baseline_bpc, result.val_bpc
-    promote = should_promote(settings, before, after)
+           scan: IngestScan, trainer: Trainer, result: RunResult, data: TrainData,
+           served: ServedModel) -> dict:
     checkpoint = result.checkpoint
-    if promote:
+    decision = judge(settings, manager, served, trainer, data, Figures(result.val_bpc, result.val_new_bpc))
+    if decision.promote:
         manager.promote(checkpoint)
     sync_checkpoint_flags(store, manager)
     faults.crash_point("ingest-record")
     record(settings, store, scan, job, trainer.vocab)
     row = store.get_checkpoint(str(checkpoint))
-    store.finish_run(job.run_id, "completed", steps=result.steps, val_bpc_after=_finite(after),
-                     promoted=int(promote), checkpoint_id=row["id"] if row else None,
+    store.finish_run(job.run_id, "completed", steps=result.steps, val_bpc_after=known(result.val_bpc),
+                     val_new_bpc_after=known(result.val_new_bpc), promoted=int(decision.promote),
+                     promotion=decision.reason, checkpoint_id=row["id"] if row else None,
                      bad_steps=result.bad_steps)
-    log.info("fine-tune run %d done: validation %.4f -> %.4f bits/char; %s", job.run_id,
-             before or float("nan"), after or float("nan"),
-             "promoted" if promote else f"NOT promoted (worse by more than {settings.promote_tolerance_bpc})")
-    return {"run": job.run_id, "status": "completed", "promoted": promote, "before": before, "after": after}
+    log.info("fine-tune run %d done: validation %s -> %s, new lines %s -> %s bits/char; %s (%s)",
+             job.run_id, _bpc(job.baseline_bpc), _bpc(result.val_bpc), _bpc(job.baseline_new_bpc),
+             _bpc(result.val_new_bpc), "promoted" if decision.promote else "NOT promoted", decision.reason)
+    return {"run": job.run_id, "status": "completed", "promoted": decision.promote,
+            "reason": decision.reason, "before": job.baseline_bpc, "after": result.val_bpc,
+            "new_before": job.baseline_new_bpc, "new_after": result.val_new_bpc}
 
 
 def record(settings: Settings, store: Store, scan: IngestScan, job: TrainJob, vocab: Vocab) -> None:
@@ -213,29 +221,50 @@ def recover(settings: Settings, store: Store, manager: CheckpointManager, traine
     if trained < recorded:
         log.warning("the latest usable checkpoint trained through byte %d but the store recorded %d "
                     "(a newer checkpoint was lost): those lines are trained again", trained, recorded)
-    if trained <= recorded or not path.is_file():
-        return
     job = TrainJob.from_dict(meta["job"])
+    if trained <= recorded or not path.is_file():
+        if job.kind == "finetune" and job.done and _run_left_open(store, job.run_id):
+            _decide_unfinished(settings, store, manager, trainer, meta, job)
+        return
     start = max(job.corpus_start if job.kind == "finetune" else 0, recorded)
     scan = scan_range(settings, trainer, start, trained)
     if job.kind == "finetune" and job.done:
-        checkpoint = manager.directory / checkpoint_name(int(meta["step"]))
-        promoted = manager.promoted_path()
-        already = promoted is not None and promoted.name == checkpoint.name
-        newer = promoted is None or checkpoint_step(promoted) < int(meta["step"])
-        promote = already or (newer and should_promote(settings, job.baseline_bpc, meta.get("val_bpc")))
-        if promote and not already:
-            manager.promote(checkpoint)
-        sync_checkpoint_flags(store, manager)
-        row = store.get_checkpoint(str(checkpoint))
-        if job.run_id is not None and store.get_run(job.run_id) is not None:
-            store.update_run(job.run_id, promoted=int(promote), val_bpc_after=_finite(meta.get("val_bpc")),
-                             checkpoint_id=row["id"] if row else None)
-        log.info("fine-tune run %s had finished its checkpoint %s before it died: %s", job.run_id,
-                 checkpoint.name, "promoted" if promote else "not promoted")
+        _decide_unfinished(settings, store, manager, trainer, meta, job)
     record(settings, store, scan, job, trainer.vocab)
     log.info("recorded the ingest of bytes %d-%d (trained into the latest checkpoint)", start, trained)
 
 
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
+def _run_left_open(store: Store, run_id: int | None) -> bool:
+    """A finished fine-tune whose run the store never closed as completed (its last write met a
+    locked database, so the daemon closed it as failed, or the process died)."""
+    run = store.get_run(run_id) if run_id is not None else None
+    return run is not None and run["status"] != "completed"
+
+
+def _decide_unfinished(settings: Settings, store: Store, manager: CheckpointManager, trainer: Trainer,
+                       meta: dict, job: TrainJob) -> None:
+    """The promotion decision of a fine-tune that finished its checkpoint and died before it
+    decided (or before the store took the decision: its run then says failed or crashed)."""
+    checkpoint = manager.directory / checkpoint_name(int(meta["step"]))
+    promoted = manager.promoted_path()
+    if promoted is not None and promoted.name == checkpoint.name:
+        decision = Decision(True, "promoted before the process died")
+    else:
+        data = build_data(settings, trainer.vocab, job)
+        decision = judge(settings, manager, ServedModel(), trainer, data,
+                         Figures(meta.get("val_bpc"), meta.get("val_new_bpc")))
+        if decision.promote:
+            manager.promote(checkpoint)
+    sync_checkpoint_flags(store, manager)
+    row = store.get_checkpoint(str(checkpoint))
+    if job.run_id is not None and store.get_run(job.run_id) is not None:
+        store.update_run(job.run_id, status="completed", promoted=int(decision.promote),
+                         promotion=decision.reason, val_bpc_after=known(meta.get("val_bpc")),
+                         val_new_bpc_after=known(meta.get("val_new_bpc")),
+                         checkpoint_id=row["id"] if row else None)
+    log.info("fine-tune run %s had finished its checkpoint %s before it died: %s (%s)", job.run_id,
+             checkpoint.name, "promoted" if decision.promote else "not promoted", decision.reason)
+
+
+def _bpc(value: float | None) -> str:
+    return f"{value:.4f}" if known(value) is not None else "-"

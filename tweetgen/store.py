@@ -22,10 +22,10 @@ import sqlite_utils
 
 from . import faults
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APP = "tweetgen"
 
-RUN_KINDS = {"initial", "finetune", "train"}
+RUN_KINDS = {"initial", "finetune", "train", "idle"}
 RUN_STATUSES = {"running", "completed", "interrupted", "crashed", "failed", "rejected"}
 REVIEW_STATUSES = {"approved", "rejected", "new"}
 JOB_EVENTS = {"executed", "error", "missed"}
@@ -252,9 +252,24 @@ def _migrate_to_1(db: sqlite_utils.Database) -> None:
     db.execute("INSERT INTO meta (key, value) VALUES ('app', ?)", [APP])
 
 
+# Version 2: fine-tunes judged on what was new and against the served model (issue 11).
+_SCHEMA_V2 = """
+ALTER TABLE runs ADD COLUMN val_new_bpc_before REAL;
+ALTER TABLE runs ADD COLUMN val_new_bpc_after REAL;
+ALTER TABLE runs ADD COLUMN new_val_lines INTEGER;
+ALTER TABLE runs ADD COLUMN promotion TEXT;
+ALTER TABLE checkpoints ADD COLUMN val_new_bpc REAL;
+ALTER TABLE job_events ADD COLUMN delay_s REAL;
+"""
+
+
+def _migrate_to_2(db: sqlite_utils.Database) -> None:
+    db.executescript(_SCHEMA_V2)
+
+
 # MIGRATIONS[n] upgrades a version n-1 database to version n. Version 0 is an
-# empty file. To add version 2: write _migrate_to_2, add it here, bump SCHEMA_VERSION.
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _migrate_to_1}
+# empty file. To add version n: write _migrate_to_n, add it here, bump SCHEMA_VERSION.
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _migrate_to_1, 2: _migrate_to_2}
 
 TABLES = (
     "meta",
@@ -521,6 +536,7 @@ class Store:
         vocab_hash: str,
         vocab_size: int,
         config: dict,
+        val_new_bpc: float | None = None,
     ) -> int:
         row = {
             "path": str(path),
@@ -532,6 +548,7 @@ class Store:
             "vocab_hash": vocab_hash,
             "vocab_size": vocab_size,
             "config": _to_json(config),
+            "val_new_bpc": val_new_bpc,
             "created": utc_now(),
         }
         # Re-recording a path (the file was overwritten) updates that row in place,
@@ -798,6 +815,7 @@ class Store:
         event: str,
         error: str | None = None,
         duration_s: float | None = None,
+        delay_s: float | None = None,
     ) -> None:
         _check_choice("event", event, JOB_EVENTS)
         row = {
@@ -805,6 +823,7 @@ class Store:
             "event": event,
             "error": error,
             "duration_s": duration_s,
+            "delay_s": delay_s,
             "created": utc_now(),
         }
         self._insert("job_events", row)

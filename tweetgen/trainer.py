@@ -51,7 +51,8 @@ class TrainJob:
     replay_ratio: float = 0.0
     position: Position = field(default_factory=Position)
     done: bool = False
-    baseline_bpc: float | None = None  # finetune: validation bits/char before it started
+    baseline_bpc: float | None = None  # finetune: the served model's old validation at the start
+    baseline_new_bpc: float | None = None  # finetune: the served model's bits/char on held-out new lines
     run_id: int | None = None  # the store's run, so a resumed job continues its record
     new_chars: str = ""  # finetune: characters the job added to the vocabulary
     # finetune: the validation subset of the lines before corpus_start (None: read them)
@@ -74,7 +75,9 @@ class TrainData:
     new_lines: int = 0
     replay_lines: int = 0
     unknown_chars: int = 0
-    validation_lines: list[str] = field(default_factory=list)  # the texts of `validation`
+    # the validation texts carried to the next job (a fine-tune adds its new validation lines)
+    validation_lines: list[str] = field(default_factory=list)
+    new_validation: list[np.ndarray] = field(default_factory=list)  # finetune: held-out new lines
 
 
 def split_lines(lines: list[str], fraction: float) -> tuple[list[str], list[str]]:
@@ -98,9 +101,11 @@ def build_data(settings: Settings, vocab: Vocab, job: TrainJob) -> TrainData:
     A training job reads the whole corpus. A fine-tune reads only its own new lines, streamed,
     so its cost and memory follow the append and not the corpus: it trains at most
     finetune_max_steps x batch_size of them (a seeded sample when more were appended), draws
-    its replay lines from the older part by random reads (corpus.sample_lines), and validates
-    on the previous subset (job.validation_base, carried in every checkpoint's meta as
-    `validation_lines`) merged with its new validation lines.
+    its replay lines from the older part by random reads (corpus.sample_lines). It validates on
+    the previous subset (job.validation_base, carried in every checkpoint's meta as
+    `validation_lines`: the "old validation") and, apart, on its held-out new lines (a stable
+    share by text hash, `new_validation_fraction`, never trained by this job); the new lines of
+    the main validation split join the subset carried to the next job.
     """
     if job.kind != "finetune":
         lines = corpus.read_lines(settings.corpus_file, 0, job.corpus_end).lines
@@ -108,14 +113,16 @@ def build_data(settings: Settings, vocab: Vocab, job: TrainJob) -> TrainData:
         validation = validation_subset(validation, settings.max_validation_lines)
         return _encoded(settings, vocab, train, validation, 0, 0)
     path, fraction = settings.corpus_file, settings.validation_fraction
-    validation = job.validation_base
-    if validation is None:  # a checkpoint written before the subset was carried: read it once
-        validation = _validation_lines(settings, 0, job.corpus_start, [])
-    new_train: list[str] = []
+    old_validation = job.validation_base
+    if old_validation is None:  # a checkpoint written before the subset was carried: read it once
+        old_validation = _validation_lines(settings, 0, job.corpus_start, [])
+    carried, new_validation, new_train = old_validation, [], []
     cap, seen, rng = settings.finetune_max_steps * settings.batch_size, 0, random.Random(f"{job.seed}-new")
     for batch in corpus.iter_batches(path, job.corpus_start, job.corpus_end):
-        train, val = split_lines(batch.lines, fraction)
-        validation = validation_subset(validation + val, settings.max_validation_lines)
+        train, held_out = split_lines(batch.lines, max(fraction, settings.new_validation_fraction))
+        new_validation = validation_subset(new_validation + held_out, settings.max_validation_lines)
+        carried = validation_subset(carried + [t for t in held_out if corpus.is_validation(t, fraction)],
+                                    settings.max_validation_lines)
         for line in train:  # a reservoir sample: every new line has the same chance
             seen += 1
             if len(new_train) < cap:
@@ -128,7 +135,10 @@ def build_data(settings: Settings, vocab: Vocab, job: TrainJob) -> TrainData:
         count = min(math.ceil(job.replay_ratio * len(new_train)), int(older))
         replay = corpus.sample_lines(path, job.corpus_start, count, random.Random(f"{job.seed}-replay"),
                                      keep=lambda text: not corpus.is_validation(text, fraction))
-    return _encoded(settings, vocab, new_train + replay, validation, len(new_train), len(replay))
+    data = _encoded(settings, vocab, new_train + replay, old_validation, len(new_train), len(replay))
+    data.validation_lines = carried
+    data.new_validation, _ = encode_lines(new_validation, vocab, settings.max_line_chars)
+    return data
 
 
 def _validation_lines(settings: Settings, start: int, stop: int, subset: list[str]) -> list[str]:
@@ -162,6 +172,7 @@ class RunResult:
     val_bpc: float | None
     checkpoint: Path | None
     bad_steps: int = 0
+    val_new_bpc: float | None = None  # finetune: bits/char on its held-out new lines
 
 
 class Trainer:
@@ -272,16 +283,18 @@ class Trainer:
                 self.save(job, data, manager, on_checkpoint)
         # A time budget that ran out completes the job too; only a stop request leaves it open.
         job.done = self.step >= job.target_step or status == "stopped"
-        checkpoint, bpc = None, None
+        checkpoint, meta = None, {}
         if self.step > start_step or job.done:
             checkpoint, meta = self.save(job, data, manager, on_checkpoint)
-            bpc = meta["val_bpc"]
-        return RunResult(self.step - start_step, status, self.last_loss, bpc, checkpoint, bad_steps)
+        return RunResult(self.step - start_step, status, self.last_loss, meta.get("val_bpc"), checkpoint,
+                         bad_steps, meta.get("val_new_bpc"))
 
     def save(self, job: TrainJob, data: TrainData, manager: CheckpointManager,
              on_checkpoint: Callable[[Path, dict], None] | None = None) -> tuple[Path, dict]:
         meta = self.meta(job, self.validation_bpc(data))
         meta["validation_lines"] = data.validation_lines  # the next fine-tune starts from it
+        meta["val_new_bpc"] = (bits_per_char(self.model, data.new_validation, eval_fn=self.eval_fn)
+                               if data.new_validation else None)
         if not distribute.is_chief(self.strategy):  # a multi-worker run's chief writes and records it
             return manager.directory / checkpoint_name(self.step), meta
         path = manager.save(meta, [w.numpy() for w in self.model.weights],
