@@ -71,7 +71,7 @@ def test_a_rejected_fine_tune_never_becomes_the_next_ones_baseline(make_settings
     from tweetgen.finetune import run_finetune
     from tweetgen.promotion import ServedModel
     from tweetgen.store import Store
-    from tweetgen.trainer import build_data, TrainJob
+    from tweetgen.trainer import TrainJob, build_data
 
     lines = varied_lines(260)
     settings = make_settings(tmp_path, finetune_learning_rate=3.0, finetune_min_steps=15,

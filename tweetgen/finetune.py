@@ -21,7 +21,7 @@ from .config import Settings
 from .engine import StoreRecorder, TrainerCache, checkpoint_manager, latest_trainer, sync_checkpoint_flags
 from .promotion import Decision, Figures, ServedModel, decide, known
 from .store import Store
-from .trainer import RunResult, Trainer, TrainData, TrainJob, build_data, finetune_steps
+from .trainer import RunResult, TrainData, Trainer, TrainJob, build_data, finetune_steps
 from .vocab import Vocab
 
 log = logging.getLogger(__name__)
