@@ -39,6 +39,7 @@ finetune_min_steps = 5
 finetune_max_steps = 10
 vocab_grow_min_count = 3
 seeds = ["the", ""]
+idle_training = false
 """
 
 WORDS = "the cat dog sat ran on a mat log fast slow big red".split()

@@ -67,6 +67,14 @@ class Settings:
     finetune_learning_rate: float = 5e-4
     promote_tolerance_bpc: float = 0.02
     new_validation_fraction: float = 0.1  # share of appended lines held out to judge a fine-tune
+    idle_training: bool = True  # train the latest model on the whole corpus when no job is due
+    idle_check_seconds: float = 30.0  # how often an idle daemon looks whether it may idle-train
+    idle_patience: int = 6  # checkpoints without a better validation before idle training stops
+    idle_max_hours_per_day: float = 24.0  # idle training time per UTC day at most
+    idle_cycle_steps: int = 4000  # steps of one idle run (its learning-rate plan)
+    idle_learning_rate: float = 3e-4  # the learning rate of idle training
+    idle_recent_lines: int = 2000  # the newest training lines count as recent ...
+    idle_recent_weight: float = 2.0  # ... and are drawn this many times as often as the others
     vocab_grow_min_count: int = 5
 
     # Generation.
@@ -179,12 +187,14 @@ def _convert(name: str, value: Any, origin: str) -> Any:
 AT_LEAST_ONE = ("embedding_dim", "max_line_chars", "lr_decay_steps", "log_every", "checkpoint_every",
                 "initial_steps", "finetune_min_steps", "finetune_max_steps", "min_new_lines",
                 "samples_per_seed", "max_validation_lines", "novelty_ngram", "vocab_min_count",
-                "vocab_grow_min_count", "max_bad_steps", "cpu_replicas")
+                "vocab_grow_min_count", "max_bad_steps", "cpu_replicas", "idle_patience",
+                "idle_cycle_steps")
 POSITIVE = ("learning_rate", "lr_decay_rate", "finetune_learning_rate", "clip_norm", "finetune_epochs",
             "finetune_interval_minutes", "generate_interval_minutes", "ingest_check_seconds",
-            "heartbeat_seconds")
+            "heartbeat_seconds", "idle_check_seconds", "idle_learning_rate")
 NOT_NEGATIVE = ("min_learning_rate", "initial_minutes", "replay_ratio", "promote_tolerance_bpc",
-                "db_busy_timeout_seconds", "misfire_grace_seconds", "top_k")
+                "db_busy_timeout_seconds", "misfire_grace_seconds", "top_k", "idle_max_hours_per_day",
+                "idle_recent_lines")
 STRATEGIES = ("auto", "mirrored", "multi-worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
@@ -198,6 +208,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"dropout must be in [0, 1), got {settings.dropout}")
     if not 0 < settings.validation_fraction < 0.5:
         raise ConfigError("validation_fraction must be in (0, 0.5)")
+    if settings.idle_recent_weight < 1:
+        raise ConfigError(f"idle_recent_weight must be at least 1, got {settings.idle_recent_weight}")
     if not 0 <= settings.new_validation_fraction < 0.5:
         raise ConfigError("new_validation_fraction must be in [0, 0.5)")
     if settings.batch_size < 1 or settings.max_tweet_chars < 1 or settings.keep_checkpoints < 1:

@@ -22,7 +22,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_MISSED,
+    EVENT_JOB_SUBMITTED,
+    JobExecutionEvent,
+    JobSubmissionEvent,
+)
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
@@ -89,6 +95,9 @@ class Daemon:
         self.unrecorded_events: list[tuple] = []  # job events a database error kept from the store
         self.events_lock = threading.Lock()  # events come from the job threads and the listener
         self.corpus_problem: str | None = None
+        # TensorFlow jobs submitted and not started yet, with their scheduled times: idle training
+        # yields to them at its next step, and each job's delay is recorded.
+        self.submitted: dict[str, datetime] = {}
 
     # ---- life cycle
 
@@ -127,8 +136,12 @@ class Daemon:
         self._add("startup", self.startup_job, "date", run_date=now)
         self._add("finetune", self.finetune_job, "interval", minutes=s.finetune_interval_minutes,
                   start_date=now + timedelta(minutes=s.finetune_interval_minutes))
-        self._add("new-lines", self.new_lines_job, "interval", seconds=s.ingest_check_seconds,
-                  start_date=now + timedelta(seconds=s.ingest_check_seconds))
+        self.scheduler.add_job(self.new_lines_check, "interval", seconds=s.ingest_check_seconds,
+                               id="new-lines", executor="light",
+                               start_date=now + timedelta(seconds=s.ingest_check_seconds))
+        if s.idle_training:
+            self._add("idle", self.idle_job, "interval", seconds=s.idle_check_seconds,
+                      start_date=now + timedelta(seconds=s.idle_check_seconds))
         self._add("generate", self.generate_job, "interval", minutes=s.generate_interval_minutes,
                   start_date=now + timedelta(minutes=s.generate_interval_minutes))
         self.scheduler.add_job(self._beat, "interval", seconds=s.heartbeat_seconds, id="heartbeat",
@@ -152,6 +165,7 @@ class Daemon:
             timezone=UTC,
         )
         scheduler.add_listener(self._on_job_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED)
+        scheduler.add_listener(self._on_submitted, EVENT_JOB_SUBMITTED)
         return scheduler
 
     def _add(self, job_id: str, func: Callable[[], bool | None], trigger: str, **kwargs: Any) -> None:
@@ -171,24 +185,28 @@ class Daemon:
 
     def _guarded(self, job_id: str, func: Callable[[], bool | None]) -> Callable[[], None]:
         """Run a TensorFlow job alone, time it, record it; errors go to the listener.
-        A job that returns False did nothing (the new-lines check) and is not recorded."""
+        A job that returns False did nothing (idle training with nothing to do) and is not recorded."""
 
         def job() -> None:
             if self.stop_event.is_set():
+                self.submitted.pop(job_id, None)
                 return
             with self.work_lock:
+                delay = self._delay(job_id)  # only now: idle training yields until it runs
                 if self.stop_event.is_set():  # a stop came while it waited for another job
                     return
                 why = self.last_error
                 self._close_runs_left_running()
                 run = func
+                if job_id == "idle" and not self.trained:
+                    return  # the start-up is retried by the scheduled jobs, not by idle checks
                 if job_id != "startup" and not self.trained:
                     log.warning("the start-up did not finish (%s): retrying it now", why)
                     run = self.startup_job
                 started = time.monotonic()
                 try:
                     if run() is not False:
-                        self._record(job_id, "executed", None, time.monotonic() - started)
+                        self._record(job_id, "executed", None, time.monotonic() - started, delay)
                 except KNOWN_ERRORS as exc:  # explained in one line; others keep their traceback
                     self._job_failed(job_id, exc)
 
@@ -208,6 +226,15 @@ class Daemon:
             log.warning("runs %s were left running by a failed job: marked failed", closed)
         self.last_error = None
 
+    def _on_submitted(self, event: JobSubmissionEvent) -> None:
+        if event.job_id not in ("idle", "heartbeat", "new-lines") and event.scheduled_run_times:
+            self.submitted[event.job_id] = event.scheduled_run_times[0]
+
+    def _delay(self, job_id: str) -> float | None:
+        """Seconds from the job's scheduled time to its start (what idle training costs it)."""
+        scheduled = self.submitted.pop(job_id, None)
+        return (datetime.now(UTC) - scheduled).total_seconds() if scheduled else None
+
     def _on_job_event(self, event: JobExecutionEvent) -> None:
         if event.code == EVENT_JOB_MISSED:
             log.warning("job %s missed its run time %s", event.job_id, event.scheduled_run_time)
@@ -222,10 +249,11 @@ class Daemon:
                   job_id, error)
         self._record(job_id, "error", error, None)
 
-    def _record(self, job_id: str, kind: str, error: str | None, duration: float | None) -> None:
+    def _record(self, job_id: str, kind: str, error: str | None, duration: float | None,
+                delay: float | None = None) -> None:
         """Record a job event; events the store refuses are kept and recorded with the next one."""
         with self.events_lock:
-            self.unrecorded_events.append((job_id, kind, error, duration))
+            self.unrecorded_events.append((job_id, kind, error, duration, delay))
             del self.unrecorded_events[:-1000]
             try:
                 while self.unrecorded_events:
@@ -306,17 +334,45 @@ class Daemon:
         if result is None:
             log.info("fine-tune: no new lines")
 
-    def new_lines_job(self) -> bool:
-        """Fine-tune now, without waiting for the interval, once enough lines are waiting."""
+    def new_lines_check(self) -> None:
+        """Fine-tune now, without waiting for the interval, once enough lines are waiting. It
+        only counts lines (no TensorFlow), on the light thread, so it never interrupts idle
+        training for nothing: the fine-tune it brings forward does."""
         path = self.settings.corpus_file
-        if not self._corpus_usable(path):
-            return False
-        waiting = corpus.lines_waiting(path, self.store.cursor(str(path)))
-        if waiting < self.settings.min_new_lines:
-            return False
+        if not self.trained or self.stop_event.is_set() or not self._corpus_usable(path):
+            return  # until the start-up has trained and recorded its ingest, every line looks new
+        try:
+            waiting = corpus.lines_waiting(path, self.store.cursor(str(path)))
+        except (OSError, StoreError) as exc:
+            log.warning("new lines not counted: %s", exc)
+            return
+        if waiting < self.settings.min_new_lines or "finetune" in self.submitted:
+            return
         log.info("%d new lines waiting (>= %d): fine-tuning now", waiting, self.settings.min_new_lines)
-        self.run_finetune()
-        return True
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.modify_job("finetune", next_run_time=datetime.now(UTC))
+
+    def idle_job(self) -> bool:
+        """Idle training (tweetgen/idle.py) while no other job is submitted; False if it did nothing."""
+        from .idle import run_idle
+
+        if not self.trained:
+            return False
+        self._pause("idle")  # while it trains, its own interval would only be refused and logged
+        try:
+            done = run_idle(self.settings, self.store, self._trainers(),
+                            preempted=lambda: bool(self.submitted), stopping=self.stop_event.is_set)
+        finally:
+            self._resume("idle")
+        return done is not None
+
+    def _pause(self, job_id: str) -> None:
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.pause_job(job_id)
+
+    def _resume(self, job_id: str) -> None:
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.resume_job(job_id)
 
     def _corpus_usable(self, path: Path) -> bool:
         """Whether the corpus is a file; a change either way is logged (and recorded) once."""

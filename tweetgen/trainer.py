@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainJob:
-    kind: str  # "train" (from scratch or continued) or "finetune"
+    kind: str  # "train" (from scratch or continued), "finetune" or "idle" (see tweetgen/idle.py)
     seed: int
     corpus_start: int  # finetune: new lines start here; train: 0
     corpus_end: int  # lines in [corpus_start, corpus_end) are the job's own
@@ -57,6 +57,8 @@ class TrainJob:
     new_chars: str = ""  # finetune: characters the job added to the vocabulary
     # finetune: the validation subset of the lines before corpus_start (None: read them)
     validation_base: list[str] | None = None
+    best_bpc: float | None = None  # idle: the best validation of this stretch of idle training
+    stale_checkpoints: int = 0  # idle: checkpoints since the best one
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,6 +113,9 @@ def build_data(settings: Settings, vocab: Vocab, job: TrainJob) -> TrainData:
         lines = corpus.read_lines(settings.corpus_file, 0, job.corpus_end).lines
         train, validation = split_lines(lines, settings.validation_fraction)
         validation = validation_subset(validation, settings.max_validation_lines)
+        if job.kind == "idle":
+            train = with_recent_weighted(train, settings.idle_recent_lines, settings.idle_recent_weight,
+                                         random.Random(f"{job.seed}-recent"))
         return _encoded(settings, vocab, train, validation, 0, 0)
     path, fraction = settings.corpus_file, settings.validation_fraction
     old_validation = job.validation_base
@@ -139,6 +144,15 @@ def build_data(settings: Settings, vocab: Vocab, job: TrainJob) -> TrainData:
     data.validation_lines = carried
     data.new_validation, _ = encode_lines(new_validation, vocab, settings.max_line_chars)
     return data
+
+
+def with_recent_weighted(lines: list[str], recent: int, weight: float, rng: random.Random) -> list[str]:
+    """`lines` with the newest `recent` of them drawn `weight` times as often: whole extra copies,
+    and a seeded sample of them for the fraction (so the same job gets the same list)."""
+    newest = lines[len(lines) - min(recent, len(lines)):]
+    extra = newest * (int(weight) - 1)
+    extra += rng.sample(newest, round((weight - int(weight)) * len(newest)))
+    return lines + extra
 
 
 def _validation_lines(settings: Settings, start: int, stop: int, subset: list[str]) -> list[str]:
@@ -239,8 +253,10 @@ class Trainer:
     def run(self, job: TrainJob, data: TrainData, manager: CheckpointManager,
             deadline: float | None = None, should_stop: Callable[[], bool] = lambda: False,
             on_log: Callable[[StepLog], None] | None = None,
-            on_checkpoint: Callable[[Path, dict], None] | None = None) -> RunResult:
-        """Train until the job's target step, the deadline, or should_stop(); checkpoint at the end."""
+            on_checkpoint: Callable[[Path, dict], None] | None = None,
+            on_validated: Callable[[float], None] | None = None) -> RunResult:
+        """Train until the job's target step, the deadline, or should_stop(); checkpoint at the end.
+        `on_validated(bpc)` sees each checkpoint's validation before the job is written into it."""
         s = self.settings
         # A job with nothing to train (e.g. every new line fell in the validation split) still
         # completes and checkpoints, so its lines count as ingested.
@@ -280,18 +296,22 @@ class Trainer:
                                float(norm), window_chars / elapsed, True))
                 window_chars, window_start = 0, time.perf_counter()
             if self.step % s.checkpoint_every == 0 and self.step < job.target_step:
-                self.save(job, data, manager, on_checkpoint)
+                self.save(job, data, manager, on_checkpoint, on_validated)
         # A time budget that ran out completes the job too; only a stop request leaves it open.
         job.done = self.step >= job.target_step or status == "stopped"
         checkpoint, meta = None, {}
         if self.step > start_step or job.done:
-            checkpoint, meta = self.save(job, data, manager, on_checkpoint)
+            checkpoint, meta = self.save(job, data, manager, on_checkpoint, on_validated)
         return RunResult(self.step - start_step, status, self.last_loss, meta.get("val_bpc"), checkpoint,
                          bad_steps, meta.get("val_new_bpc"))
 
     def save(self, job: TrainJob, data: TrainData, manager: CheckpointManager,
-             on_checkpoint: Callable[[Path, dict], None] | None = None) -> tuple[Path, dict]:
-        meta = self.meta(job, self.validation_bpc(data))
+             on_checkpoint: Callable[[Path, dict], None] | None = None,
+             on_validated: Callable[[float], None] | None = None) -> tuple[Path, dict]:
+        bpc = self.validation_bpc(data)
+        if on_validated:
+            on_validated(bpc)
+        meta = self.meta(job, bpc)
         meta["validation_lines"] = data.validation_lines  # the next fine-tune starts from it
         meta["val_new_bpc"] = (bits_per_char(self.model, data.new_validation, eval_fn=self.eval_fn)
                                if data.new_validation else None)
