@@ -17,6 +17,7 @@ import signal
 import socket
 import threading
 import time
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -96,8 +97,11 @@ class Daemon:
         self.events_lock = threading.Lock()  # events come from the job threads and the listener
         self.corpus_problem: str | None = None
         # TensorFlow jobs submitted and not started yet, with their scheduled times: idle training
-        # yields to them at its next step, and each job's delay is recorded.
-        self.submitted: dict[str, datetime] = {}
+        # yields to them at its next step, and each job's delay is recorded. A job can start before
+        # the scheduler's "submitted" event reaches us: `started_early` counts those.
+        self.submitted: dict[str, deque[datetime]] = defaultdict(deque)
+        self.started_early: Counter[str] = Counter()
+        self.queue_lock = threading.Lock()
 
     # ---- life cycle
 
@@ -189,7 +193,6 @@ class Daemon:
 
         def job() -> None:
             if self.stop_event.is_set():
-                self.submitted.pop(job_id, None)
                 return
             with self.work_lock:
                 delay = self._delay(job_id)  # only now: idle training yields until it runs
@@ -227,13 +230,26 @@ class Daemon:
         self.last_error = None
 
     def _on_submitted(self, event: JobSubmissionEvent) -> None:
-        if event.job_id not in ("idle", "heartbeat", "new-lines") and event.scheduled_run_times:
-            self.submitted[event.job_id] = event.scheduled_run_times[0]
+        if event.job_id in ("idle", "heartbeat", "new-lines") or not event.scheduled_run_times:
+            return
+        with self.queue_lock:
+            if self.started_early[event.job_id]:
+                self.started_early[event.job_id] -= 1
+            else:
+                self.submitted[event.job_id].append(event.scheduled_run_times[0])
 
     def _delay(self, job_id: str) -> float | None:
-        """Seconds from the job's scheduled time to its start (what idle training costs it)."""
-        scheduled = self.submitted.pop(job_id, None)
-        return (datetime.now(UTC) - scheduled).total_seconds() if scheduled else None
+        """Seconds from the job's scheduled time to its start (what idle training costs it);
+        None for a job that started before its submission was announced (it did not wait)."""
+        with self.queue_lock:
+            if self.submitted[job_id]:
+                return (datetime.now(UTC) - self.submitted[job_id].popleft()).total_seconds()
+            self.started_early[job_id] += 1
+            return None
+
+    def jobs_waiting(self) -> bool:
+        with self.queue_lock:
+            return any(self.submitted.values())
 
     def _on_job_event(self, event: JobExecutionEvent) -> None:
         if event.code == EVENT_JOB_MISSED:
@@ -346,7 +362,7 @@ class Daemon:
         except (OSError, StoreError) as exc:
             log.warning("new lines not counted: %s", exc)
             return
-        if waiting < self.settings.min_new_lines or "finetune" in self.submitted:
+        if waiting < self.settings.min_new_lines:
             return
         log.info("%d new lines waiting (>= %d): fine-tuning now", waiting, self.settings.min_new_lines)
         if self.scheduler is not None and self.scheduler.running:
@@ -361,7 +377,7 @@ class Daemon:
         self._pause("idle")  # while it trains, its own interval would only be refused and logged
         try:
             done = run_idle(self.settings, self.store, self._trainers(),
-                            preempted=lambda: bool(self.submitted), stopping=self.stop_event.is_set)
+                            preempted=self.jobs_waiting, stopping=self.stop_event.is_set)
         finally:
             self._resume("idle")
         return done is not None
