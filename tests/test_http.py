@@ -341,6 +341,7 @@ def test_foreign_host_names_are_refused_on_every_route(client, store):
 def test_allowed_host_names_are_a_setting(settings):
     from tweetgen.config import ConfigError
     from tweetgen.web.app import create_app
+    from tweetgen.web.security import allowed_hosts
 
     named = settings_of(settings.home, http_allowed_hosts=["tweets.example.org", "*.lan"])
     with running_server(named) as url, httpx.Client(base_url=url, timeout=30) as http:
@@ -351,8 +352,11 @@ def test_allowed_host_names_are_a_setting(settings):
     from_env = load_settings(overrides={"home": str(settings.home)},
                              environ={"TWEETGEN_HTTP_ALLOWED_HOSTS": "a.example,::1"})
     assert from_env.http_allowed_hosts == ("a.example", "::1")
-    with pytest.raises(ConfigError, match="http_allowed_hosts"):
-        create_app(settings_of(settings.home, http_allowed_hosts=["bad.*.example"]))
+    for bad in ("bad.*.example", "localhost:8080", "*bad.example"):
+        with pytest.raises(ConfigError, match="http_allowed_hosts"):
+            create_app(settings_of(settings.home, http_allowed_hosts=[bad]))
+    assert allowed_hosts(["LocalHost", "::1", "[::1]"], "10.0.0.5") == \
+        ["localhost", "[::1]", "[::1]", "10.0.0.5"]
 
 
 @pytest.mark.parametrize("header, value", [

@@ -15,6 +15,7 @@ cannot send without the browser asking first.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from collections.abc import Iterable
 from typing import Annotated
 
@@ -66,14 +67,23 @@ def allowed_hosts(names: Iterable[str], bind_host: str) -> list[str]:
     out = []
     for host in hosts:
         host = host.strip().lower()
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"
+        if _is_ipv6(host):
+            host = f"[{host}]"  # as it appears in a Host header
         wildcard_ok = host == "*" or host.startswith("*.") or not host.startswith("*")
-        if not host or "*" in host[1:] or not wildcard_ok:
-            raise ConfigError(f"http_allowed_hosts: {host!r} is not a host name, an address or a "
-                              "pattern like '*.example.com'")
+        port = ":" in host and not (host.startswith("[") and host.endswith("]"))
+        if not host or "*" in host[1:] or not wildcard_ok or port:
+            raise ConfigError(f"http_allowed_hosts: {host!r} is not a host name (without a port), "
+                              "an address or a pattern like '*.example.com'")
         out.append(host)
     return out
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class WriteGuard:
