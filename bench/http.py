@@ -25,7 +25,11 @@ Latency is per request, measured by the client (connection reuse, JSON parsing o
 SQLite, serialisation). The machine is shared and has 2 cores, which the server and the load
 generator share, so read the same-run ratio of generate n=16 to n=1 rather than absolute figures.
 
-Targets (issue 4): `GET /api/tweets` p99 under 50 ms; generate n=16 well under 16x n=1 (batched).
+0. `GET /healthz` from one client on one keep-alive connection (Nagle's algorithm off on
+   accepted connections: no answer waits ~40 ms for the client's delayed ACK).
+
+Targets (issue 4): `GET /api/tweets` p99 under 50 ms; generate n=16 well under 16x n=1 (batched);
+(issue 13) keep-alive `GET /healthz` p50 under 20 ms.
 """
 
 from __future__ import annotations
@@ -177,6 +181,9 @@ def summarize(latencies: list[float], errors: int, elapsed: float, clients: int)
 
 SCENARIOS = (
     # name, method, path, body, tweets per request, concurrent clients (None: --concurrency)
+    # One client on one keep-alive connection: ~1 ms each, or ~40 ms if Nagle's algorithm were on
+    # for accepted connections (the answer would wait for the client's delayed ACK).
+    ("GET /healthz (keep-alive, 1 client)", "GET", "/healthz", None, 0, 1),
     ("GET /api/tweets (page of 50)", "GET", "/api/tweets", None, 0, None),
     (f"GET /api/tweets?status=new&search={SEARCH}", "GET", f"/api/tweets?status=new&search={SEARCH}",
      None, 0, None),
@@ -218,10 +225,12 @@ def run(args: argparse.Namespace) -> dict:
     by_name = {row["name"]: row for row in results["scenarios"]}
     one, sixteen = by_name["POST /api/generate n=1"], by_name["POST /api/generate n=16"]
     tweets = by_name["GET /api/tweets (page of 50)"]
+    health = by_name["GET /healthz (keep-alive, 1 client)"]
     ratio = sixteen["p50_ms"] / one["p50_ms"]
     results["summary"] = {
         "generate_n16_over_n1_p50": ratio,
         "targets_met": {"GET /api/tweets p99 < 50 ms": tweets["p99_ms"] < 50 and tweets["errors"] == 0,
+                        "keep-alive GET /healthz p50 < 20 ms (no delayed-ACK wait)": health["p50_ms"] < 20,
                         "generate n=16 well under 16x n=1 (< 4x)": ratio < 4},
     }
     return results

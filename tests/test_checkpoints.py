@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -124,11 +126,19 @@ def test_other_format_is_a_clear_error(tmp_path: Path) -> None:
         read_meta(tmp_path / "nope.npz")
 
 
+def dead_pid() -> int:
+    """The PID of a child that has exited and been reaped: no process has it now (a fixed number
+    such as 12345 may well be alive, pid_max being 32768 or more)."""
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
+
+
 def test_crash_mid_write_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
     manager = CheckpointManager(tmp_path)
     save(manager, 1)
     # What a writer killed before its rename leaves behind: a partial temp file.
-    stale = tmp_path / f".{checkpoint_name(2)}.tmp-12345"
+    stale = tmp_path / f".{checkpoint_name(2)}.tmp-{dead_pid()}"
     stale.write_bytes(encode_checkpoint({"step": 2}, [], [])[:50])
     assert steps_of(manager) == [1]
     assert manager.load_latest().step == 1

@@ -85,8 +85,12 @@ def test_reading_any_bytes_from_any_offset_and_encoding_them_never_raises(data: 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "c.txt"
         path.write_bytes(data)
+        # A cursor whose identity the file does not match: every line waits again.
         cursor = {"offset": start, "identity": {"head_sha256": "", "tail_sha256": ""}}
-        assert corpus.lines_waiting(path, cursor) >= 0
+        assert corpus.lines_waiting(path, cursor) == data.count(b"\n")
+        if start <= len(data):  # a cursor the file matches: the lines after it
+            cursor = {"offset": start, "identity": corpus.file_identity(path, start)}
+            assert corpus.lines_waiting(path, cursor) == data[start:].count(b"\n")
         for batch in corpus.iter_batches(path, start, max(start, stop) or None, size=7):
             assert start <= batch.start <= batch.end <= max(len(data), start)
             for line in batch.lines:

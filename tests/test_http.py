@@ -6,8 +6,11 @@ import json
 import os
 import re
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -316,17 +319,95 @@ def test_writes_are_refused_off_loopback_without_a_token(settings, store):
         assert ok.status_code == 200
 
 
-def test_writes_without_a_token_refuse_a_foreign_host_name(client, store):
-    """A page on another site that points its DNS name at 127.0.0.1 must not write."""
+def test_foreign_host_names_are_refused_on_every_route(client, store):
+    """DNS rebinding: a page on another site that points its own DNS name at 127.0.0.1 must
+    neither read (status holds paths and the pid; tweets) nor write through a visitor's browser."""
     (tweet_id,) = store.add_samples([sample_row("rebinding")])
-    refused = client.post(f"/api/tweets/{tweet_id}/review", json={"status": "approved"},
-                          headers={"Host": "evil.example:8080"})
-    assert refused.status_code == 403 and refused.json()["field"] == "host"
+    review = f"/api/tweets/{tweet_id}/review"
+    evil = {"Host": "evil.example:8080"}
+    for path in ("/", "/api/status", "/api/tweets", f"/api/tweets/{tweet_id}", "/api/runs", "/metrics",
+                 "/static/app.js", "/openapi.json"):
+        refused = client.get(path, headers=evil)
+        assert refused.status_code == 400, path
+        assert "evil" not in refused.text and "content-security-policy" in refused.headers
+    assert client.post(review, json={"status": "approved"}, headers=evil).status_code == 400
     assert store.get_sample(tweet_id)["status"] == "new"
-    for host in ("localhost:8080", "127.0.0.1", "[::1]:8080"):
-        ok = client.post(f"/api/tweets/{tweet_id}/review", json={"status": "approved"},
-                         headers={"Host": host})
-        assert ok.status_code == 200
+    for host in ("localhost:8080", "127.0.0.1", "[::1]:8080", "LocalHost"):
+        assert client.get("/api/status", headers={"Host": host}).status_code == 200, host
+        ok = client.post(review, json={"status": "approved"}, headers={"Host": host})
+        assert ok.status_code == 200, host
+
+
+def test_allowed_host_names_are_a_setting(settings):
+    from tweetgen.config import ConfigError
+    from tweetgen.web.app import create_app
+    from tweetgen.web.security import allowed_hosts
+
+    named = settings_of(settings.home, http_allowed_hosts=["tweets.example.org", "*.lan"])
+    with running_server(named) as url, httpx.Client(base_url=url, timeout=30) as http:
+        for host in ("tweets.example.org", "box.lan:8080", "127.0.0.1"):  # the last: the bind address
+            assert http.get("/healthz", headers={"Host": host}).status_code == 200, host
+        for host in ("localhost", "example.org", "lan"):
+            assert http.get("/healthz", headers={"Host": host}).status_code == 400, host
+    from_env = load_settings(overrides={"home": str(settings.home)},
+                             environ={"TWEETGEN_HTTP_ALLOWED_HOSTS": "a.example,::1"})
+    assert from_env.http_allowed_hosts == ("a.example", "::1")
+    for bad in ("bad.*.example", "localhost:8080", "*bad.example"):
+        with pytest.raises(ConfigError, match="http_allowed_hosts"):
+            create_app(settings_of(settings.home, http_allowed_hosts=[bad]))
+    assert allowed_hosts(["LocalHost", "::1", "[::1]"], "10.0.0.5") == \
+        ["localhost", "[::1]", "[::1]", "10.0.0.5"]
+
+
+@pytest.mark.parametrize("header, value", [
+    ("Forwarded", "for=203.0.113.7;proto=https"),
+    ("X-Forwarded-For", "203.0.113.7"),
+    ("X-Forwarded-Host", "tweets.example.org"),
+    ("X-Forwarded-Proto", "https"),
+    ("X-Real-IP", "203.0.113.7"),
+    ("Via", "1.1 proxy"),
+])
+def test_token_less_writes_are_refused_through_a_proxy(client, store, header, value):
+    """Behind a reverse proxy on the same machine every client is 127.0.0.1 with a local Host."""
+    (tweet_id,) = store.add_samples([sample_row("proxied")])
+    refused = client.post(f"/api/tweets/{tweet_id}/review", json={"status": "approved"},
+                          headers={header: value})
+    assert refused.status_code == 403
+    assert refused.json()["field"] == header.lower() and "api_token" in refused.json()["error"]
+    assert store.get_sample(tweet_id)["status"] == "new"
+    assert client.get(f"/api/tweets/{tweet_id}", headers={header: value}).status_code == 200
+
+
+def test_reads_answer_while_a_write_waits_for_the_lock(settings, store):
+    """The daemon holds the write lock; a review waits for it (busy timeout), GETs do not."""
+    (tweet_id,) = store.add_samples([sample_row("waiting write")])
+    patient = settings_of(settings.home, db_busy_timeout_seconds=120)
+    with running_server(patient) as url, httpx.Client(base_url=url, timeout=10) as http:
+        daemon = sqlite3.connect(settings.db_file, isolation_level=None)
+        daemon.execute("BEGIN IMMEDIATE")  # the daemon in the middle of a write
+        write: dict = {}
+
+        def review() -> None:
+            write["response"] = httpx.post(url + f"/api/tweets/{tweet_id}/review",
+                                           json={"status": "approved"}, timeout=130)
+
+        writer = threading.Thread(target=review)
+        writer.start()
+        try:
+            # Reads for a while after the write started waiting, each well within its timeout
+            # (10 s; the write waits up to 120 s). With one shared connection they would queue.
+            for _ in range(8):
+                for path in ("/api/tweets", f"/api/tweets/{tweet_id}", "/api/runs", "/api/losses",
+                             "/api/status", "/metrics"):
+                    assert http.get(path).status_code == 200, path
+                time.sleep(0.1)
+            assert writer.is_alive() and "response" not in write  # still waiting for the lock
+        finally:
+            daemon.rollback()
+            daemon.close()
+            writer.join(130)
+    assert write["response"].status_code == 200
+    assert store.get_sample(tweet_id)["status"] == "approved"
 
 
 def test_every_answer_carries_the_security_headers(client):
@@ -336,15 +417,30 @@ def test_every_answer_carries_the_security_headers(client):
         assert headers["x-content-type-options"] == "nosniff"
 
 
-def test_keep_alive_answers_do_not_wait_for_delayed_acks(client):
-    """Nagle's algorithm off on accepted connections: ~1 ms per request, not ~40 ms."""
-    client.get("/healthz")
-    took = []
-    for _ in range(15):
-        started = time.perf_counter()
-        assert client.get("/healthz").status_code == 200
-        took.append(time.perf_counter() - started)
-    assert sorted(took)[len(took) // 2] < 0.02
+def test_accepted_connections_have_nagle_off():
+    """Keep-alive answers must not wait ~40 ms for a delayed ACK: asyncio turns Nagle's algorithm
+    off on accepted sockets only when the listening socket was made with proto IPPROTO_TCP.
+    (The latency itself is measured by `python -m bench.http`.)"""
+    import asyncio
+
+    from tweetgen.web.server import bind
+
+    async def nodelay_of_an_accepted_connection() -> int:
+        accepted = asyncio.get_running_loop().create_future()
+
+        def handle(_reader, writer) -> None:
+            accepted.set_result(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP,
+                                                                            socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(handle, sock=bind("127.0.0.1", 0))
+        async with server:
+            _reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+            value = await asyncio.wait_for(accepted, 30)
+            writer.close()
+        return value
+
+    assert asyncio.run(nodelay_of_an_accepted_connection()) != 0
 
 
 # ---------------------------------------------------------------- the daemon's record

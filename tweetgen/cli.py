@@ -97,7 +97,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         ids = [None] * len(samples)
     rows = [dict(s.as_dict(), id=i, checkpoint=ckpt.name) for s, i in zip(samples, ids)]
-    emit(rows, args.json, lambda rs: "\n".join(r["text"] for r in rs))
+    emit(rows, args.json, lambda rs: "\n".join(terminal_safe(r["text"]) for r in rs))
     return 0
 
 
@@ -164,11 +164,29 @@ def cmd_tweets(args: argparse.Namespace) -> int:
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["id"])
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({key: csv_cell(value) for key, value in row.items()} for row in rows)
         sys.stdout.write(out.getvalue())
     else:
         print(tweet_table(rows))
     return 0
+
+
+def terminal_safe(text: str) -> str:
+    """Control characters shown as \\xNN escapes: a stored text (tweets and seeds stored before
+    seeds were cleaned) cannot move the cursor, recolour or retitle the terminal it is printed to."""
+    return corpus.CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
+
+
+FORMULA_STARTS = ("=", "+", "-", "@")
+
+
+def csv_cell(value: Any) -> Any:
+    """A cell a spreadsheet shows as text: control characters escaped, and one starting like a
+    formula (= + - @) behind a ' (the usual defence against CSV formula injection)."""
+    if not isinstance(value, str):
+        return value
+    value = terminal_safe(value)
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
 
 
 def tweet_table(rows: list[dict]) -> str:
@@ -177,7 +195,8 @@ def tweet_table(rows: list[dict]) -> str:
     lines = [f"{'id':>6}  {'status':8}  {'temp':>4}  {'novel':>5}  text"]
     for r in rows:
         novelty = "copy" if r.get("copied") else f"{(r.get('novelty') or 0):.2f}"
-        lines.append(f"{r['id']:>6}  {r['status']:8}  {r['temperature']:>4.2f}  {novelty:>5}  {r['text']}")
+        text = terminal_safe(r["text"])
+        lines.append(f"{r['id']:>6}  {r['status']:8}  {r['temperature']:>4.2f}  {novelty:>5}  {text}")
     return "\n".join(lines)
 
 
@@ -200,7 +219,8 @@ def review_interactive(store) -> int:
     print(f"{len(rows)} new tweets. a = approve, r = reject, s = skip, q = quit")
     done = 0
     for row in reversed(rows):
-        print(f"\n#{row['id']} (seed {row['seed']!r}, T={row['temperature']}):\n  {row['text']}")
+        text = terminal_safe(row["text"])
+        print(f"\n#{row['id']} (seed {row['seed']!r}, T={row['temperature']}):\n  {text}")
         answer = input("[a/r/s/q]? ").strip().lower()[:1]
         if answer == "q":
             break

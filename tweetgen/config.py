@@ -96,6 +96,8 @@ class Settings:
     api_token: str = field(default="", repr=False)  # bearer token for writes (env TWEETGEN_API_TOKEN)
     http_max_body_bytes: int = 1 << 20  # larger request bodies are refused with 413
     http_max_generate: int = 64  # most tweets one POST /api/generate may ask for
+    # Host header names the server answers (others get 400: DNS rebinding); '*.example.com' allowed.
+    http_allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
 
     # Internal: the file the settings came from, for messages.
     source: str = field(default="defaults", repr=False)

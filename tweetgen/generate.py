@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import tensorflow as tf
 
+from .corpus import CONTROL
 from .errors import GenerationError
 from .model import CharGRU
 from .novelty import NoveltyIndex
@@ -39,6 +40,13 @@ class Sample:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def clean_seed(seed: str) -> str:
+    """Control characters (terminal escape sequences, newlines, NUL) become spaces: the seed is
+    stored in the tweet and its record and printed to terminals, and the model never saw such
+    characters (the corpus is cleaned the same way). One for one, so lengths do not change."""
+    return CONTROL.sub(" ", seed)
 
 
 def check_request(seeds: Sequence[str], n: int, temperature: float, top_k: int, max_chars: int,
@@ -166,7 +174,9 @@ class Generator:
 
     def generate(self, seeds: Sequence[str], n: int = 1, temperature: float = 0.8, top_k: int = 0,
                  random_seed: int | None = None, mode: str = "continue") -> list[Sample]:
-        """n samples for each seed, all in one batch; results ordered seed by seed."""
+        """n samples for each seed, all in one batch; results ordered seed by seed. Every seed,
+        from the CLI, the API or the settings, is cleaned here (clean_seed)."""
+        seeds = [clean_seed(seed) for seed in seeds]
         check_request(seeds, n, temperature, top_k, self.max_chars, mode)
         rows = [seed for seed in seeds for _ in range(n)]
         prefixes, lengths, budgets, unknown = [], [], [], []

@@ -841,3 +841,12 @@ class Store:
     @_guarded
     def set_meta(self, key: str, value: str) -> None:
         self._put_meta(key, value)
+
+    # --- read-only use ------------------------------------------------------
+
+    def read_only(self) -> Self:
+        """Make this connection refuse writes (PRAGMA query_only), for a second Store that
+        serves reads: in WAL mode they then never queue behind a write waiting for the lock."""
+        with self._lock:
+            self.db.execute("PRAGMA query_only = 1")
+        return self

@@ -18,6 +18,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .. import corpus
 from ..config import Settings
@@ -41,7 +42,7 @@ from .schemas import (
     Tweet,
     TweetPage,
 )
-from .security import SecurityHeaders, WriteGuard
+from .security import SecurityHeaders, WriteGuard, allowed_hosts
 
 log = logging.getLogger(__name__)
 
@@ -60,24 +61,30 @@ def _version() -> str:
 
 def create_app(settings: Settings, bind_host: str = "127.0.0.1") -> FastAPI:
     """The app for one tweetgen home; `bind_host` is the address it listens on (for the write rules)."""
-    store = Store(settings.db_file, settings.db_busy_timeout_seconds)
+    hosts = allowed_hosts(settings.http_allowed_hosts, bind_host)
+    store = Store(settings.db_file, settings.db_busy_timeout_seconds)  # writes
+    # Reads have their own connection: a write waiting for the daemon's lock (up to the busy
+    # timeout) holds `store`, and WAL lets this one read meanwhile.
+    reads = Store(settings.db_file, settings.db_busy_timeout_seconds).read_only()
     on_demand = OnDemand(settings, store)
     guard = WriteGuard(settings.api_token, bind_host)
     if not guard.writes_open:
         log.warning("listening on %s without an api_token: writes (review, corpus, generate) are "
                     "refused; set api_token or TWEETGEN_API_TOKEN", bind_host)
-    registry, request_histogram = make_registry(settings, store)
+    registry, request_histogram = make_registry(settings, reads)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         store.close()
+        reads.close()
 
     app = FastAPI(title="tweetgen", version=_version(), lifespan=lifespan, responses=ERRORS,
                   description="Review generated tweets, feed the corpus, generate on demand.",
                   docs_url=None, redoc_url=None)  # their pages load scripts from a CDN
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=settings.http_max_body_bytes)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)
     app.add_middleware(RequestTimer, histogram=request_histogram)
     app.add_middleware(SecurityHeaders)  # outermost: every answer gets the headers
     writes = [Depends(guard)]
@@ -98,19 +105,19 @@ def create_app(settings: Settings, bind_host: str = "127.0.0.1") -> FastAPI:
         """Tweets newest first, with the filters of `tweetgen tweets`, a page at a time."""
         filters = {"since": _iso(since, "since"), "seed": seed, "checkpoint_id": checkpoint,
                    "status": status, "search": search, "novel_only": novel_only}
-        return {"total": store.count_samples(**filters), "limit": limit, "offset": offset,
-                "tweets": store.query_samples(**filters, limit=limit, offset=offset)}
+        return {"total": reads.count_samples(**filters), "limit": limit, "offset": offset,
+                "tweets": reads.query_samples(**filters, limit=limit, offset=offset)}
 
     @app.get("/api/tweets/{tweet_id}", response_model=Tweet, tags=["tweets"])
     def get_tweet(tweet_id: TweetId) -> dict[str, Any]:
-        return _tweet(store, tweet_id)
+        return _tweet(reads, tweet_id)
 
     @app.post("/api/tweets/{tweet_id}/review", response_model=Tweet, tags=["tweets"], dependencies=writes)
     def review_tweet(tweet_id: TweetId, body: ReviewRequest) -> dict[str, Any]:
         """Approve or reject a tweet; answers the tweet as it now is."""
         if store.review([tweet_id], body.status) == 0:
             raise ApiError(404, f"no tweet with id {tweet_id}", "tweet_id")
-        return _tweet(store, tweet_id)
+        return _tweet(reads, tweet_id)
 
     # ------------------------------------------------------------ writing and generating
 
@@ -129,7 +136,7 @@ def create_app(settings: Settings, bind_host: str = "127.0.0.1") -> FastAPI:
         _check_generate(settings, body)
         ids, name, step = on_demand.generate(body.seed, body.n, body.temperature, body.top_k,
                                              body.mode, body.random_seed)
-        return {"checkpoint": name, "checkpoint_step": step, "tweets": [_tweet(store, i) for i in ids]}
+        return {"checkpoint": name, "checkpoint_step": step, "tweets": [_tweet(reads, i) for i in ids]}
 
     # ------------------------------------------------------------ the daemon's record
 
@@ -141,13 +148,13 @@ def create_app(settings: Settings, bind_host: str = "127.0.0.1") -> FastAPI:
 
     @app.get("/api/runs", response_model=list[Run], tags=["daemon"])
     def runs(limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> list[dict[str, Any]]:
-        return store.list_runs(limit)
+        return reads.list_runs(limit)
 
     @app.get("/api/losses", response_model=list[Loss], tags=["daemon"])
     def losses(run: Annotated[int | None, Query(ge=1, le=MAX_ID, description="run id (default: all)")] = None,
                limit: Annotated[int, Query(ge=1, le=100_000)] = 2000) -> list[dict[str, Any]]:
         """Training losses and validation bits/char in step order (the last `limit` rows)."""
-        return store.losses(run, limit)
+        return reads.losses(run, limit)
 
     @app.get("/healthz", response_model=Health, tags=["daemon"])
     def healthz() -> dict[str, bool]:

@@ -1,21 +1,29 @@
-"""Who may write, and headers that keep untrusted text inert in the browser.
+"""Who may write, which Host names are answered, and headers that keep untrusted text inert.
+
+Every request must name an allowed host in its Host header (setting `http_allowed_hosts`,
+loopback names by default), or it is answered 400: a page of another site that points its own
+DNS name at 127.0.0.1 can then neither read nor write (DNS rebinding).
 
 Writes (review, corpus, generate) need `Authorization: Bearer <api_token>` when a token is
 configured (setting `api_token`, env TWEETGEN_API_TOKEN). Without one, writes are allowed only
-on a loopback server, from a loopback client, to a loopback host name (the last refuses a page
-of another site that points its own DNS name at 127.0.0.1). Writes must be JSON, which a
-cross-site form cannot send without the browser asking first.
+on a loopback server, from a loopback client, and not through a proxy: a request that carries
+`Forwarded`, `X-Forwarded-*`, `X-Real-IP` or `Via` came through one, and behind a proxy on the
+same machine every client looks like 127.0.0.1. Writes must be JSON, which a cross-site form
+cannot send without the browser asking first.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
+from collections.abc import Iterable
 from typing import Annotated
 
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..config import ConfigError
 from .errors import ApiError
 from .server import is_loopback
 
@@ -36,11 +44,46 @@ SECURITY_HEADERS = [
 ]
 
 
-def _host_name(host_header: str) -> str:
-    """'127.0.0.1:8080' -> '127.0.0.1', '[::1]:8080' -> '::1', 'localhost' -> 'localhost'."""
-    if host_header.startswith("["):
-        return host_header[1:].split("]", 1)[0]
-    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+# Headers a proxy adds: their presence means the peer address is the proxy's, not the client's.
+PROXY_HEADERS = ("forwarded", "via", "x-real-ip")
+PROXY_HEADER_PREFIX = "x-forwarded-"
+
+
+def proxy_header(headers: Iterable[str]) -> str | None:
+    """The first header name among `headers` that a proxy adds, or None."""
+    for name in headers:
+        name = name.lower()
+        if name in PROXY_HEADERS or name.startswith(PROXY_HEADER_PREFIX):
+            return name
+    return None
+
+
+def allowed_hosts(names: Iterable[str], bind_host: str) -> list[str]:
+    """The Host names TrustedHostMiddleware accepts: the setting's, plus the address the server
+    listens on (an IP literal, which no other site's DNS name can be), IPv6 ones in brackets."""
+    hosts = list(names)
+    if bind_host not in ("", "0.0.0.0", "::"):
+        hosts.append(bind_host)
+    out = []
+    for host in hosts:
+        host = host.strip().lower()
+        if _is_ipv6(host):
+            host = f"[{host}]"  # as it appears in a Host header
+        wildcard_ok = host == "*" or host.startswith("*.") or not host.startswith("*")
+        port = ":" in host and not (host.startswith("[") and host.endswith("]"))
+        if not host or "*" in host[1:] or not wildcard_ok or port:
+            raise ConfigError(f"http_allowed_hosts: {host!r} is not a host name (without a port), "
+                              "an address or a pattern like '*.example.com'")
+        out.append(host)
+    return out
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class WriteGuard:
@@ -72,10 +115,10 @@ class WriteGuard:
         if not is_loopback(client):
             raise ApiError(403, f"writes without an api_token are accepted from loopback only, "
                                 f"not from {client}")
-        host = _host_name(request.headers.get("host", ""))
-        if not is_loopback(host):
-            raise ApiError(403, f"writes without an api_token need a loopback Host header "
-                                f"(127.0.0.1, localhost), not {host!r}", "host")
+        proxied = proxy_header(request.headers.keys())
+        if proxied is not None:
+            raise ApiError(403, f"writes through a proxy (header {proxied}) need the api_token: "
+                                "set api_token (or TWEETGEN_API_TOKEN) and send it", proxied)
 
 
 class SecurityHeaders:

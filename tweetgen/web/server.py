@@ -66,9 +66,10 @@ def url_of(sock: socket.socket) -> str:
 
 def make_server(app: FastAPI) -> uvicorn.Server:
     # log_config=None keeps tweetgen's logging set-up; requests are counted in /metrics instead
-    # of an access log line each.
+    # of an access log line each. proxy_headers=False: the client address is the real peer's,
+    # never one taken from X-Forwarded-For (the write rules in security.py decide about proxies).
     config = uvicorn.Config(app, log_config=None, access_log=False, timeout_keep_alive=5,
-                            timeout_graceful_shutdown=5)
+                            timeout_graceful_shutdown=5, proxy_headers=False)
     return uvicorn.Server(config)
 
 
