@@ -132,3 +132,41 @@ def test_a_fine_tune_that_grows_the_vocabulary_is_judged_fairly(make_settings, t
         assert run["val_new_bpc_after"] is not None
         if result["promoted"]:
             assert run["val_new_bpc_after"] < run["val_new_bpc_before"]
+
+
+def test_a_corpus_replaced_during_a_fine_tune_is_noticed_by_the_next_one(make_settings, tmp_path,
+                                                                         monkeypatch) -> None:
+    """The corpus identity is taken when the lines are read, not when the checkpoint is saved:
+    a file replaced while the job trains makes the next job re-read it from 0, not mid-line."""
+    from tweetgen import corpus
+    from tweetgen.finetune import run_finetune
+    from tweetgen.store import Store
+    from tweetgen.trainer import Trainer
+
+    lines = varied_lines(200)
+    settings = make_settings(tmp_path, finetune_min_steps=3, validation_fraction=0.1)
+    write_corpus(settings.corpus_file, lines[:150])
+    real_run = Trainer.run
+
+    def replacing_run(self, *args, **kwargs):
+        write_corpus(settings.corpus_file, ["a whole new corpus line " + line for line in lines])
+        return real_run(self, *args, **kwargs)
+
+    with Store(settings.db_file) as store:
+        _initial(settings, store)
+        corpus.append_lines(settings.corpus_file, lines[150:170])
+        monkeypatch.setattr(Trainer, "run", replacing_run)
+        assert run_finetune(settings, store)["status"] == "completed"
+        monkeypatch.setattr(Trainer, "run", real_run)
+        result = run_finetune(settings, store)
+        events = store.list_job_events()
+    assert any("replaced" in (e["error"] or "") for e in events), events
+    ingest = store_ingests(settings)[-1]
+    assert ingest["start_offset"] == 0 and result["status"] == "completed"
+
+
+def store_ingests(settings) -> list[dict]:
+    from tweetgen.store import Store
+
+    with Store(settings.db_file) as store:
+        return list(reversed(store.list_ingests()))

@@ -246,7 +246,8 @@ def continued_or_new_job(settings: Settings, trainer: Trainer, manager: Checkpoi
         if meta and meta["job"]["kind"] == "train" and meta["job"]["corpus_end"] == end \
                 and meta["step"] == trainer.step:
             return TrainJob.from_dict(meta["job"])
-    return TrainJob("train", settings.random_seed + trainer.step, 0, end, trainer.step)
+    return TrainJob("train", settings.random_seed + trainer.step, 0, end, trainer.step,
+                    corpus_identity=corpus.file_identity(settings.corpus_file, end))
 
 
 def _meta_or_none(path: Path) -> dict | None:

@@ -39,10 +39,14 @@ class IngestScan:
     rejected: Counter
     unknown_chars: int
     unknown: Counter  # characters not in the vocabulary, with counts
+    identity: dict  # the file's identity at `end`, taken when the lines were read
 
 
 def scan_range(settings: Settings, trainer: Trainer, start: int, end: int) -> IngestScan:
-    """Stream the range in batches (memory bounded by a batch, whatever the append's size)."""
+    """Stream the range in batches (memory bounded by a batch, whatever the append's size).
+    The file's identity is taken first, at scan time: a corpus replaced while the job trains
+    must not be recorded as the one its lines came from."""
+    identity = corpus.file_identity(settings.corpus_file, end)
     rejected, unknown = Counter(), Counter()
     lines = 0
     for batch in corpus.iter_batches(settings.corpus_file, start, end):
@@ -50,7 +54,7 @@ def scan_range(settings: Settings, trainer: Trainer, start: int, end: int) -> In
         rejected.update(batch.rejected)
         for line in batch.lines:
             unknown.update(trainer.vocab.unknown_chars(line))
-    return IngestScan(start, end, lines, rejected, sum(unknown.values()), unknown)
+    return IngestScan(start, end, lines, rejected, sum(unknown.values()), unknown, identity)
 
 
 def new_range_start(settings: Settings, meta: dict, store: Store) -> int:
@@ -120,7 +124,8 @@ def _run(settings: Settings, store: Store, should_stop, trainers: TrainerCache,
         grown = grow_vocab_if_due(settings, trainer, store, scan)
         job = TrainJob("finetune", settings.random_seed + trainer.step, start, end, trainer.step,
                        settings.finetune_learning_rate, settings.replay_ratio, new_chars=grown,
-                       validation_base=meta.get("validation_lines") if start else [])
+                       validation_base=meta.get("validation_lines") if start else [],
+                       corpus_identity=scan.identity)
     data = build_data(settings, trainer.vocab, job)
     resumes = job.run_id
     if resumes is None:
@@ -193,7 +198,8 @@ def record(settings: Settings, store: Store, scan: IngestScan, job: TrainJob, vo
     left = {c: n for c, n in sorted(pending.items()) if c not in vocab}
     store.record_ingest(str(settings.corpus_file), scan.start, scan.end, scan.lines,
                         sum(scan.rejected.values()), scan.unknown_chars, job.new_chars, job.run_id,
-                        corpus.file_identity(settings.corpus_file, scan.end), dict(scan.rejected),
+                        job.corpus_identity if job.corpus_end == scan.end and job.corpus_identity
+                        else scan.identity, dict(scan.rejected),
                         meta={PENDING_CHARS_KEY: json.dumps(left, ensure_ascii=True)})
 
 

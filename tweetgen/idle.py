@@ -60,6 +60,7 @@ def next_idle_job(settings: Settings, trainer: Trainer, meta: dict) -> TrainJob 
     carried = job if job.kind == "idle" else None  # a finished cycle: the stretch goes on
     return TrainJob("idle", settings.random_seed + trainer.step, cursor, cursor,
                     trainer.step + settings.idle_cycle_steps, settings.idle_learning_rate,
+                    corpus_identity=meta.get("corpus_identity"),
                     best_bpc=carried.best_bpc if carried else None,
                     stale_checkpoints=carried.stale_checkpoints if carried else 0)
 

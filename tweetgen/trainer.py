@@ -57,6 +57,7 @@ class TrainJob:
     new_chars: str = ""  # finetune: characters the job added to the vocabulary
     # finetune: the validation subset of the lines before corpus_start (None: read them)
     validation_base: list[str] | None = None
+    corpus_identity: dict | None = None  # the corpus's identity at corpus_end, when it was read
     best_bpc: float | None = None  # idle: the best validation of this stretch of idle training
     stale_checkpoints: int = 0  # idle: checkpoints since the best one
 
@@ -339,7 +340,8 @@ class Trainer:
             "model_config": self.model_config,
             "job": job.as_dict(),
             "trained_through": trained_through,
-            "corpus_identity": corpus.file_identity(path, job.corpus_end) if path.exists() else None,
+            "corpus_identity": job.corpus_identity or (corpus.file_identity(path, job.corpus_end)
+                                                       if path.exists() else None),
             "train_loss": self.last_loss,
             "val_bpc": val_bpc,
             "settings": self.settings.as_dict(),
