@@ -119,9 +119,10 @@ def run_stream(args: argparse.Namespace, home: Path) -> dict:
     stream = entries[: min(len(entries) - args.held_out, args.batches * args.batch_lines)]
     held_out = home / "held_out.txt"
     held_out.write_text("\n".join(held) + "\n")
-    print(f"corpus: fortunes ({corpus.count_lines(settings.corpus_file, 0, settings.corpus_file.stat().st_size)}"
-          f" lines); new style: {args.style}, {len(stream)} lines appended in batches of "
-          f"{args.batch_lines}, {len(held)} held out", flush=True)
+    size = settings.corpus_file.stat().st_size
+    print(f"corpus: fortunes ({corpus.count_lines(settings.corpus_file, 0, size)} lines); new style: "
+          f"{args.style}, {len(stream)} lines appended in batches of {args.batch_lines}, "
+          f"{len(held)} held out", flush=True)
 
     write_config(home, args, idle=False)
     daemon = start_daemon(home)
@@ -144,15 +145,15 @@ def run_stream(args: argparse.Namespace, home: Path) -> dict:
         for number, start in enumerate(range(0, len(stream), args.batch_lines), 1):
             last = max([r["id"] for r in query(db, "select id from runs")] or [0])
             corpus.append_lines(settings.corpus_file, stream[start:start + args.batch_lines])
-            [run] = wait_until(lambda: query(db, "select * from runs where kind='finetune' and id > ? "
-                                                 "and status = 'completed'", (last,)),
+            [run] = wait_until(lambda last=last: query(db, "select * from runs where kind='finetune' and "
+                                                           "id > ? and status = 'completed'", (last,)),
                                f"the fine-tune of batch {number}", daemon, 3600)
             new_bpc, old_bpc = served_figures(settings, held_out, old_val)
             seconds = seconds_between(run["started"], run["finished"])
-            rows.append({"batch": number, "lines": run["new_lines"], "steps": run["steps"], "seconds": seconds,
-                         "new_style": new_bpc, "old_val": old_bpc, "promoted": bool(run["promoted"]),
-                         "run_new_before": run["val_new_bpc_before"], "run_new_after": run["val_new_bpc_after"],
-                         "reason": run["promotion"]})
+            rows.append({"batch": number, "lines": run["new_lines"], "steps": run["steps"],
+                         "seconds": seconds, "new_style": new_bpc, "old_val": old_bpc,
+                         "promoted": bool(run["promoted"]), "run_new_before": run["val_new_bpc_before"],
+                         "run_new_after": run["val_new_bpc_after"], "reason": run["promotion"]})
             before_after = f"{_f(run['val_new_bpc_before'])} -> {_f(run['val_new_bpc_after'])}"
             print(f"{number:>5} {run['new_lines']:>6} {run['steps']:>6} {seconds:>8.1f} {new_bpc:>10.4f} "
                   f"{old_bpc:>8.4f} {before_after:>22} {'yes' if run['promoted'] else 'no':>9}", flush=True)
