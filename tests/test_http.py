@@ -502,6 +502,16 @@ def test_metrics_reflect_the_database(client, store, settings):
     assert (("method", "POST"), ("route", "/api/corpus"), ("status", "200")) in timed
 
 
+def test_metrics_show_the_last_fine_tune_on_old_and_new_lines(client, store):
+    run = store.start_run("finetune", 1, val_bpc_before=2.5, val_new_bpc_before=3.5)
+    store.finish_run(run, "completed", val_bpc_after=2.49, val_new_bpc_after=3.0, promoted=1)
+    values = metric_values(client.get("/metrics").text)
+    name = "tweetgen_last_finetune_bits_per_char"
+    assert values[(name, (("lines", "new"), ("model", "served_before")))] == 3.5
+    assert values[(name, (("lines", "new"), ("model", "fine_tuned")))] == 3.0
+    assert values[(name, (("lines", "old"), ("model", "fine_tuned")))] == 2.49
+
+
 # ---------------------------------------------------------------- OpenAPI and the page
 
 

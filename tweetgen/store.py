@@ -498,6 +498,11 @@ class Store:
         return self._rows("SELECT * FROM runs ORDER BY id DESC LIMIT ?", [limit])
 
     @_guarded
+    def last_run(self, kind: str, status: str) -> dict | None:
+        return self._one("SELECT * FROM runs WHERE kind = ? AND status = ? ORDER BY id DESC LIMIT 1",
+                         [kind, status])
+
+    @_guarded
     def get_run(self, run_id: int) -> dict | None:
         return self._one("SELECT * FROM runs WHERE id = ?", [run_id])
 

@@ -74,6 +74,18 @@ class StoreCollector(Collector):
             events.add_metric([row["job_id"], row["event"]], row["count"])
         yield events
 
+        finetune = GaugeMetricFamily("tweetgen_last_finetune_bits_per_char",
+                                     "The last completed fine-tune: the served model before it and the "
+                                     "fine-tuned one after, on the old validation and the held-out new lines",
+                                     labels=["lines", "model"])
+        run = store.last_run("finetune", "completed")
+        for lines, before, after in (("old", "val_bpc_before", "val_bpc_after"),
+                                     ("new", "val_new_bpc_before", "val_new_bpc_after")):
+            for model, column in (("served_before", before), ("fine_tuned", after)):
+                if run is not None and run[column] is not None:
+                    finetune.add_metric([lines, model], run[column])
+        yield finetune
+
         cursor = store.cursor(str(self.settings.corpus_file))
         waiting = GaugeMetricFamily("tweetgen_lines_waiting",
                                     "Corpus lines appended since the last ingest, not trained yet")
