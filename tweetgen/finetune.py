@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from . import corpus, faults
 from .checkpoints import CheckpointManager, checkpoint_name, checkpoint_step
 from .config import Settings
-from .engine import StoreRecorder, TrainerCache, checkpoint_manager, latest_trainer, sync_checkpoint_flags
+from .engine import (
+    StoreRecorder,
+    TrainerCache,
+    checkpoint_manager,
+    latest_trainer,
+    run_plan,
+    sync_checkpoint_flags,
+)
 from .store import Store
 from .trainer import RunResult, Trainer, TrainJob, build_data, finetune_steps
 from .vocab import Vocab
@@ -130,7 +137,8 @@ def _run(settings: Settings, store: Store, should_stop, trainers: TrainerCache,
     job.run_id = store.start_run("finetune", os.getpid(), start_step=trainer.step,
                                  new_lines=data.new_lines, replay_lines=data.replay_lines,
                                  val_bpc_before=_finite(job.baseline_bpc),
-                                 config={"resumes_run": resumes} if resumes else None)
+                                 config={**run_plan(job.target_step),
+                                         **({"resumes_run": resumes} if resumes else {})})
     log.info("fine-tune run %d: %d new lines (%d rejected), %d replayed, %d steps, validation "
              "%.4f bits/char before", job.run_id, scan.lines, sum(scan.rejected.values()),
              data.replay_lines, job.target_step - trainer.step, job.baseline_bpc or float("nan"))
