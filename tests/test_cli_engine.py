@@ -121,6 +121,12 @@ def test_train_continue_generate_eval(home: Path, tmp_path: Path) -> None:
         stored = [r[0] for r in db.execute("select text from samples order by id")]
     assert stored == [r["text"] for r in rows]
 
+    # A reply does not start with its seed: the text output names the seed each line answers.
+    replies = run_cli(home, "generate", "--seed", "why?", "--seed", "", "--mode", "reply", "-n", "2",
+                      "--no-store").stdout.splitlines()
+    assert len(replies) == 4 and all(line.startswith("'why?' -> ") for line in replies[:2])
+    assert all(line.startswith("'' -> ") for line in replies[2:])
+
     # The same request in this process, on the same checkpoint, gives the same tweets.
     from tweetgen import engine
     from tweetgen.config import load_settings
@@ -140,6 +146,7 @@ def test_train_continue_generate_eval(home: Path, tmp_path: Path) -> None:
     assert result["characters"] == len("the cat sat on the mat") + len("hello world") + len("the dog ☃") + 3
     assert result["checkpoint"] == "ckpt-00000050.npz" and result["step"] == 50
     assert 0 < result["bits_per_char"] < 8
+    assert f"{result['bits_per_char']:.4f} bits/char over" in run_cli(home, "eval", str(text)).stdout
     # ...and agrees with the library on an older checkpoint by step number.
     older = json.loads(run_cli(home, "eval", str(text), "--checkpoint", "30", "--json").stdout)
     assert older["step"] == 30

@@ -152,8 +152,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         ids = [None] * len(samples)
     rows = [dict(s.as_dict(), id=i, checkpoint=ckpt.name) for s, i in zip(samples, ids)]
-    emit(rows, args.json, lambda rs: "\n".join(r["text"] for r in rs))
+    emit(rows, args.json, lambda rs: "\n".join(sample_line(r) for r in rs))
     return 0
+
+
+def sample_line(row: dict) -> str:
+    """A generated tweet for people; a reply names the seed it answers (it does not start with it)."""
+    return f"{row['seed']!r} -> {row['text']}" if row.get("mode") == "reply" else row["text"]
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

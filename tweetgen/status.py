@@ -135,10 +135,10 @@ def format_status(data: dict[str, Any]) -> str:
         f"daemon: {'ALIVE' if d['alive'] else 'not running'} (state {d['state']}, pid {d['pid']}, "
         f"last heartbeat {d['last_heartbeat']})",
     ]
-    if data.get("running"):
-        lines.append("running: " + running_text(data["running"]))
     for job, when in sorted(d["next_jobs"].items()):
         lines.append(f"  next {job}: {str(when)[:19]}")
+    if data.get("running"):
+        lines.append("running: " + running_text(data["running"]))
     p = data["promoted_checkpoint"]
     if p:
         bpc = p.get("val_bpc")
