@@ -88,3 +88,19 @@ def test_status_and_generate_while_the_daemon_trains_the_first_checkpoint(tmp_pa
     assert f"settings from defaults, then {home / 'tweetgen.toml'} (" in log
     assert re.search(r"step \d+/1000000: training loss \d\.\d{4} bits/char", log)
     assert log.count("oneDNN custom operations") <= 1
+
+
+def test_a_run_for_people_shows_both_figures_rounded_and_the_promotion() -> None:
+    from tweetgen.status import run_text
+
+    row = {"id": 3, "kind": "finetune", "status": "completed", "started": "2026-12-04T15:01:10.123456+00:00",
+           "steps": 40, "val_bpc_before": 2.747828812310394, "val_bpc_after": 2.70001, "promoted": 1,
+           "error": None}
+    assert run_text(row) == ("#3 finetune completed, started 2026-12-04T15:01:10, steps 40, "
+                             "validation 2.7478 -> 2.7000 bits/char, promoted yes")
+    rejected = {**row, "promoted": 0, "val_new_bpc_before": 3.1, "val_new_bpc_after": None,
+                "promotion": "worse on the new lines"}
+    assert run_text(rejected).endswith("validation 2.7478 -> 2.7000 bits/char, new lines 3.1000 -> - "
+                                       "bits/char, promoted no (worse on the new lines)")
+    initial = {**row, "kind": "initial", "val_bpc_before": None, "promoted": None, "steps": None}
+    assert "steps -, validation - -> 2.7000 bits/char, promoted -" in run_text(initial)

@@ -11,7 +11,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +182,11 @@ def _convert(name: str, value: Any, origin: str) -> Any:
         ) from None
 
 
-# The element type of each list setting (a TOML list, or comma-separated in the environment).
-TUPLE_ITEM_TYPES: dict[str, type] = {"gru_sizes": int, "workers": str, "temperatures": float,
-                                     "seeds": str}
+# The element type of each list setting (a TOML list, or comma-separated in the environment),
+# read from its annotation: `gru_sizes: tuple[int, ...]` holds ints.
+TUPLE_ITEM_TYPES: dict[str, type] = {name: get_args(hint)[0]
+                                     for name, hint in get_type_hints(Settings).items()
+                                     if get_origin(hint) is tuple}
 
 
 def _scalar(kind: type, value: Any) -> Any:

@@ -101,3 +101,11 @@ class ProgressPrinter:
 def bpc_text(value: float | None) -> str:
     """Bits per character for people: 4 decimals and the unit; '-' when there is none."""
     return f"{value:.4f} bits/char" if value is not None and math.isfinite(value) else "-"
+
+
+def bpc_change_text(before: float | None, after: float | None) -> str:
+    """'2.7478 -> 2.7000 bits/char' ('-' for a figure there is none of)."""
+    def number(value: float | None) -> str:
+        return f"{value:.4f}" if value is not None and math.isfinite(value) else "-"
+
+    return f"{number(before)} -> {number(after)} bits/char"

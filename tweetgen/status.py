@@ -9,9 +9,11 @@ from typing import Any
 from .checkpoints import NAME, CheckpointManager, process_alive
 from .config import Settings
 from .corpus import lines_waiting
-from .progress import bpc_text, duration_text, nats_to_bpc, steady_eta
+from .progress import bpc_change_text, bpc_text, duration_text, nats_to_bpc, steady_eta
 from .store import Store
 
+RUN_FIELDS = ("id", "kind", "status", "started", "finished", "steps", "val_bpc_before", "val_bpc_after",
+              "val_new_bpc_before", "val_new_bpc_after", "promoted", "promotion", "error")
 SPEED_WINDOW = 10  # the last logged steps that measure the running job's speed
 
 
@@ -53,9 +55,7 @@ def daemon_status(settings: Settings) -> dict[str, Any]:
         } if promoted else ({"path": str(promoted_file)} if promoted_file else None),
         "lines_waiting": lines_waiting(settings.corpus_file, cursor) if cursor else None,
         "samples": samples,
-        "last_runs": [{k: r.get(k) for k in ("id", "kind", "status", "started", "finished", "steps",
-                                               "val_bpc_before", "val_bpc_after", "promoted", "error")}
-                      for r in runs],
+        "last_runs": [{k: r.get(k) for k in RUN_FIELDS if k in r} for r in runs],
     }
 
 
@@ -160,9 +160,15 @@ def run_text(r: dict[str, Any]) -> str:
     """One run for people (`tweetgen runs`, `tweetgen status`): both validation figures rounded,
     whether it was promoted."""
     steps = r["steps"] if r["steps"] is not None else "-"
-    return (f"#{r['id']} {r['kind']} {r['status']}, started {r['started'][:19]}, steps {steps}, "
-            f"validation {bpc_text(r['val_bpc_before'])} -> {bpc_text(r['val_bpc_after'])}, "
-            f"promoted {promoted_text(r['promoted'])}" + (f", error: {r['error']}" if r["error"] else ""))
+    text = (f"#{r['id']} {r['kind']} {r['status']}, started {r['started'][:19]}, steps {steps}, "
+            f"validation {bpc_change_text(r['val_bpc_before'], r['val_bpc_after'])}")
+    # The held-out new lines' figures, where the store records them (a fine-tune judged on them).
+    before, after = r.get("val_new_bpc_before"), r.get("val_new_bpc_after")
+    if before is not None or after is not None:
+        text += f", new lines {bpc_change_text(before, after)}"
+    text += f", promoted {promoted_text(r['promoted'])}"
+    return (text + (f" ({r['promotion']})" if r.get("promotion") else "")
+            + (f", error: {r['error']}" if r["error"] else ""))
 
 
 def no_checkpoint_message(settings: Settings) -> str | None:
