@@ -121,12 +121,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     chief = distribute.is_chief(distribute.strategy_for(settings))
     with (InstanceLock(settings) if chief else contextlib.nullcontext(),
           open_store(settings) if chief else contextlib.nullcontext() as store):
-        progress = ProgressPrinter(bar=sys.stderr.isatty())
-        try:
+        with ProgressPrinter(bar=sys.stderr.isatty()) as progress:
             outcome = engine.train(settings, args.steps, args.minutes, store=store,
                                    on_log=progress, on_start=progress.begin)
-        finally:
-            progress.close()
     r = outcome.result
     data = {"run": outcome.run_id, "status": r.status, "steps": r.steps, "step": outcome.trainer.step,
             "train_loss": r.train_loss, "train_bpc": nats_to_bpc(r.train_loss) if r.train_loss else None,

@@ -8,6 +8,7 @@ at its last step has no ETA. `tweetgen train` and the daemon print with `Progres
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -55,7 +56,8 @@ class ProgressPrinter:
     """A training run's progress: a tqdm bar on a terminal, plain log lines otherwise.
 
     `begin(first_step, target_step)` is called when the run starts (target None: a time
-    budget), then the printer is called with every logged step.
+    budget), then the printer is called with every logged step. Used as a context manager with
+    a bar, it sends log lines through tqdm, so they print above the bar instead of across it.
     """
 
     def __init__(self, bar: bool = False, stream: IO[str] = sys.stderr) -> None:
@@ -63,6 +65,19 @@ class ProgressPrinter:
         self.first_step, self.target_step = 0, None
         self.points: list[tuple[float, int]] = []
         self.bar = None
+        self.redirect = contextlib.nullcontext()
+
+    def __enter__(self) -> ProgressPrinter:
+        if self.use_bar:
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            self.redirect = logging_redirect_tqdm()
+        self.redirect.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+        self.redirect.__exit__(*exc)
 
     def begin(self, first_step: int, target_step: int | None) -> None:
         self.first_step, self.target_step = first_step, target_step
