@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -71,7 +72,9 @@ def test_import_fortunes(home: Path, tmp_path_factory) -> None:
 def test_generate_before_training_is_a_clear_error(tmp_path: Path) -> None:
     proc = run_cli(tmp_path, "generate", "--seed", "a", expect=2)
     assert "no usable checkpoint" in proc.stderr and "tweetgen train" in proc.stderr
+    assert "no daemon is running" in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # a read leaves no empty checkpoints/ (nor db/) behind
 
 
 def test_train_continue_generate_eval(home: Path, tmp_path: Path) -> None:
@@ -80,13 +83,29 @@ def test_train_continue_generate_eval(home: Path, tmp_path: Path) -> None:
     assert first["steps"] == 30 and first["step"] == 30 and first["status"] == "completed"
     assert Path(first["checkpoint"]).name == "ckpt-00000030.npz"
     assert math.isfinite(first["train_loss"]) and math.isfinite(first["val_bpc"])
-    assert "step 30 loss" in proc.stderr  # plain progress lines when not on a terminal
+    # Plain progress lines when not on a terminal, the loss in bits/char like validation, and no
+    # ETA at the last step.
+    assert re.search(r"step 30/30: training loss \d\.\d{4} bits/char, lr [\d.e-]+, [\d,]+ chars/s\n",
+                     proc.stderr)
+    assert "oneDNN custom operations" not in proc.stderr  # TensorFlow's start-up lines, unless -v
+    assert "train_bpc" in first and first["train_bpc"] == pytest.approx(first["train_loss"] / math.log(2))
 
     # A second run continues from the latest checkpoint.
     second = json.loads(run_cli(home, "train", "--steps", "20", "--json").stdout)
     assert second["steps"] == 20 and second["step"] == 50
     assert second["train_loss"] < first["train_loss"] + 0.5
     assert sorted(p.name for p in (home / "checkpoints").glob("ckpt-*.npz"))[-1] == "ckpt-00000050.npz"
+
+    # Runs and losses for people: 4 decimals with the unit, promoted or not; exact in --json.
+    runs = run_cli(home, "runs").stdout
+    assert re.search(r"#2 train completed, started \S+, steps 20, validation - -> \d\.\d{4} bits/char, "
+                     r"promoted -\n#1 train completed", runs), runs
+    assert not re.search(r"\d\.\d{5}", runs)
+    exact = json.loads(run_cli(home, "runs", "--json").stdout)[0]["val_bpc_after"]
+    assert exact == second["val_bpc"] and f"{exact:.4f} bits/char" in runs
+    losses = run_cli(home, "losses", "--run", "1").stdout
+    assert re.search(r"run 1 step +10 training loss \d\.\d{4} bits/char, lr ", losses)
+    assert re.search(r"run 1 step +30 validation \d\.\d{4} bits/char", losses)
 
     args = ["generate", "--seed", "the c", "--seed", "", "-n", "3", "--temperature", "0.9",
             "--random-seed", "7", "--json"]
@@ -101,6 +120,12 @@ def test_train_continue_generate_eval(home: Path, tmp_path: Path) -> None:
     with sqlite3.connect(home / "db" / "tweetgen.db") as db:
         stored = [r[0] for r in db.execute("select text from samples order by id")]
     assert stored == [r["text"] for r in rows]
+
+    # A reply does not start with its seed: the text output names the seed each line answers.
+    replies = run_cli(home, "generate", "--seed", "why?", "--seed", "", "--mode", "reply", "-n", "2",
+                      "--no-store").stdout.splitlines()
+    assert len(replies) == 4 and all(line.startswith("'why?' -> ") for line in replies[:2])
+    assert all(line.startswith("'' -> ") for line in replies[2:])
 
     # The same request in this process, on the same checkpoint, gives the same tweets.
     from tweetgen import engine
@@ -121,6 +146,7 @@ def test_train_continue_generate_eval(home: Path, tmp_path: Path) -> None:
     assert result["characters"] == len("the cat sat on the mat") + len("hello world") + len("the dog ☃") + 3
     assert result["checkpoint"] == "ckpt-00000050.npz" and result["step"] == 50
     assert 0 < result["bits_per_char"] < 8
+    assert f"{result['bits_per_char']:.4f} bits/char over" in run_cli(home, "eval", str(text)).stdout
     # ...and agrees with the library on an older checkpoint by step number.
     older = json.loads(run_cli(home, "eval", str(text), "--checkpoint", "30", "--json").stdout)
     assert older["step"] == 30

@@ -144,3 +144,62 @@ def test_as_dict_is_plain_data(tmp_path: Path) -> None:
     json.dumps(data)
     # Round trip: the dict applied to defaults gives the same settings.
     assert apply(Settings(), data, "round trip").as_dict() == data
+
+
+# ---- issue 13 item 7: no silent coercion, a grace time APScheduler accepts
+
+
+@pytest.mark.parametrize("text, name", [
+    ("gru_sizes = [128.9]", "gru_sizes"),  # was coerced to 128
+    ("seeds = [1, 2]", "seeds"),  # was coerced to '1', '2'
+    ("temperatures = [true]", "temperatures"),
+    ('workers = [8080]', "workers"),
+    ("misfire_grace_seconds = 0", "misfire_grace_seconds"),  # APScheduler 3.x crashed at start
+    ("misfire_grace_seconds = 1.5", "misfire_grace_seconds"),
+])
+def test_wrong_list_items_and_grace_time_are_one_line_errors(tmp_path: Path, text: str, name: str) -> None:
+    path = write_toml(tmp_path / "tweetgen.toml", text + "\n")
+    with pytest.raises(ConfigError, match=name) as info:
+        load_settings(environ={}, overrides={"home": str(tmp_path)})
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_list_settings_from_the_environment_are_parsed_strictly() -> None:
+    s = load_settings(environ={"TWEETGEN_GRU_SIZES": "16,24", "TWEETGEN_SEEDS": "a,,b"})
+    assert s.gru_sizes == (16, 24) and s.seeds == ("a", "", "b")
+    with pytest.raises(ConfigError, match="environment: setting 'gru_sizes' must be a list of int"):
+        load_settings(environ={"TWEETGEN_GRU_SIZES": "16,24.5"})
+
+
+# ---- issue 16 item 1: typos get a "did you mean"; sources are known
+
+
+def test_unknown_toml_key_says_did_you_mean(tmp_path: Path) -> None:
+    write_toml(tmp_path / "tweetgen.toml", "initial_step = 8\n")
+    with pytest.raises(ConfigError, match="unknown setting 'initial_step'; did you mean 'initial_steps'"):
+        load_settings(environ={}, overrides={"home": str(tmp_path)})
+
+
+def test_unknown_env_variable_is_warned_with_the_closest_name(caplog) -> None:
+    environ = {"TWEETGEN_INITIAL_STEP": "5", "TWEETGEN_ZZZ": "1", "TWEETGEN_CONFIG_X": "",
+               "TWEETGEN_FAULT_KILL_AT": "x", "TWEETGEN_BATCH_SIZE": "4", "PATH": "/bin"}
+    with caplog.at_level("WARNING", logger="tweetgen.config"):
+        s = load_settings(environ=environ)
+    assert s.batch_size == 4 and s.initial_steps == Settings().initial_steps
+    warned = [r.getMessage() for r in caplog.records]
+    assert ("environment variable TWEETGEN_INITIAL_STEP is not a tweetgen setting and is ignored; "
+            "did you mean TWEETGEN_INITIAL_STEPS?") in warned
+    assert any(w.startswith("environment variable TWEETGEN_ZZZ ") and "did you mean" not in w
+               for w in warned)
+    assert not any("FAULT" in w or "BATCH_SIZE" in w for w in warned)
+
+
+def test_sources_and_corpus_origin_are_recorded(tmp_path: Path) -> None:
+    toml = write_toml(tmp_path / "tweetgen.toml", 'corpus_path = "mine.txt"\nbatch_size = 8\n')
+    s = load_settings(environ={"TWEETGEN_DROPOUT": "0.2"}, overrides={"home": str(tmp_path)})
+    assert s.corpus_set_by == str(toml)
+    assert s.describe_sources() == (f"defaults, then {toml} (batch_size, corpus_path), "
+                                    "then environment (dropout), then command line (home)")
+    assert load_settings(environ={}).corpus_set_by is None
+    explicit_default = load_settings(environ={"TWEETGEN_CORPUS_PATH": "data/corpus.txt"})
+    assert explicit_default.corpus_set_by is None  # the default path: fortunes when missing

@@ -11,12 +11,14 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import corpus
 from .config import ConfigError, Settings, load_settings
+from .progress import bpc_text, nats_to_bpc
 
 log = logging.getLogger("tweetgen")
 
@@ -26,7 +28,8 @@ class UsageError(ValueError):
 
 
 def setup_logging(verbose: bool = False) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The scheduler's own lines for every heartbeat and job run would drown the daemon's events
@@ -34,6 +37,34 @@ def setup_logging(verbose: bool = False) -> None:
     for noisy in ("apscheduler.scheduler", "apscheduler.executors.light",
                   "apscheduler.executors.default", "absl", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# The commands that run TensorFlow; it is imported up front for them (import_tensorflow).
+TENSORFLOW_COMMANDS = {"train", "generate", "eval", "daemon", "serve", "chat"}
+
+
+def import_tensorflow(verbose: bool) -> None:
+    """Import TensorFlow with its C++ start-up lines dropped unless -v. TensorFlow 2.21 prints
+    them through absl before TF_CPP_MIN_LOG_LEVEL applies ("oneDNN custom operations are on",
+    twice, each after an absl warning), so standard error is pointed at a temporary file for the
+    import; when the import fails, what it printed is shown."""
+    if verbose or "tensorflow" in sys.modules:
+        import tensorflow  # noqa: F401
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            capture.seek(0)
+            sys.stderr.write(capture.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def settings_from(args: argparse.Namespace, **extra: Any) -> Settings:
@@ -54,33 +85,53 @@ def open_store(settings: Settings):
     return Store(settings.db_file, settings.db_busy_timeout_seconds)
 
 
+def read_store(settings: Settings, query: Callable[[Any], Any], empty: Any) -> Any:
+    """query(store) for a read-only command; `empty` when there is no database yet (a read
+    never creates the database or its folder)."""
+    if not settings.db_file.exists():
+        return empty
+    with open_store(settings) as store:
+        return query(store)
+
+
+def require_checkpoint(settings: Settings) -> None:
+    """Before the first checkpoint: say whether a daemon is training it and when it ends."""
+    from .status import no_checkpoint_message
+
+    message = no_checkpoint_message(settings)
+    if message:
+        raise UsageError(message)
+
+
 # ---------------------------------------------------------------- engine commands
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from . import distribute, engine
     from .daemon import InstanceLock
-    from .trainer import progress_printer
+    from .progress import ProgressPrinter
 
     settings = settings_from(args)
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    if settings.corpus_set_by:  # a wrong corpus path fails before any folder is made
+        corpus.ensure_corpus(settings.corpus_file, settings.max_tweet_chars, settings.corpus_set_by)
     # The strategy first: logical CPU devices and workers are set up before TensorFlow starts.
     # Of a multi-worker run's processes only the chief holds the lock and records the run.
     chief = distribute.is_chief(distribute.strategy_for(settings))
     with (InstanceLock(settings) if chief else contextlib.nullcontext(),
           open_store(settings) if chief else contextlib.nullcontext() as store):
-        total = args.steps if args.steps else (None if args.minutes else settings.initial_steps)
-        outcome = engine.train(settings, args.steps, args.minutes, store=store,
-                               on_log=progress_printer(total))
-    if sys.stderr.isatty():
-        sys.stderr.write("\n")
+        with ProgressPrinter(bar=sys.stderr.isatty()) as progress:
+            outcome = engine.train(settings, args.steps, args.minutes, store=store,
+                                   on_log=progress, on_start=progress.begin)
     r = outcome.result
     data = {"run": outcome.run_id, "status": r.status, "steps": r.steps, "step": outcome.trainer.step,
-            "train_loss": r.train_loss, "val_bpc": r.val_bpc,
+            "train_loss": r.train_loss, "train_bpc": nats_to_bpc(r.train_loss) if r.train_loss else None,
+            "val_bpc": r.val_bpc,
             "checkpoint": str(r.checkpoint) if r.checkpoint else None}
-    emit(data, args.json, lambda d: f"trained {d['steps']} steps to step {d['step']}: loss "
-         f"{d['train_loss']:.4f}, validation {d['val_bpc']:.4f} bits/char, {d['checkpoint']}")
+    emit(data, args.json, lambda d: f"trained {d['steps']} steps to step {d['step']}: training loss "
+         f"{bpc_text(d['train_bpc'])}, "
+         f"validation {bpc_text(d['val_bpc'])}, {d['checkpoint']}")
     return 0
 
 
@@ -89,6 +140,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     seeds = args.seed if args.seed else [""]
+    require_checkpoint(settings)
     generator, ckpt = engine.open_generator(settings, args.checkpoint)
     samples = generator.generate(seeds, args.n, args.temperature, args.top_k, args.random_seed, args.mode)
     if not args.no_store:
@@ -97,16 +149,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         ids = [None] * len(samples)
     rows = [dict(s.as_dict(), id=i, checkpoint=ckpt.name) for s, i in zip(samples, ids)]
-    emit(rows, args.json, lambda rs: "\n".join(terminal_safe(r["text"]) for r in rs))
+    emit(rows, args.json, lambda rs: "\n".join(terminal_safe(sample_line(r)) for r in rs))
     return 0
+
+
+def sample_line(row: dict) -> str:
+    """A generated tweet for people; a reply names the seed it answers (it does not start with it)."""
+    return f"{row['seed']!r} -> {row['text']}" if row.get("mode") == "reply" else row["text"]
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from . import engine
 
     settings = settings_from(args)
+    require_checkpoint(settings)
     result = engine.evaluate_file(settings, Path(args.file), args.checkpoint)
-    emit(result, args.json, lambda d: f"{d['file']}: {d['bits_per_char']} bits/char over "
+    emit(result, args.json, lambda d: f"{d['file']}: {bpc_text(d['bits_per_char'])} over "
          f"{d['characters']} characters in {d['lines']} lines ({d['checkpoint']}, step {d['step']})")
     return 0
 
@@ -152,11 +210,9 @@ def cmd_tweets(args: argparse.Namespace) -> int:
     except ValueError:
         raise UsageError(f"--since {args.since!r} is not an ISO 8601 time; "
                          "use e.g. 2026-12-01 or 2026-12-01T10:00") from None
-    with open_store(settings) as store:
-        rows = store.query_samples(
-            since=since, seed=args.seed,
-            checkpoint_id=args.checkpoint, status=args.status, search=args.search,
-            novel_only=args.novel_only, limit=args.limit)
+    rows = read_store(settings, lambda store: store.query_samples(
+        since=since, seed=args.seed, checkpoint_id=args.checkpoint, status=args.status,
+        search=args.search, novel_only=args.novel_only, limit=args.limit), [])
     fmt = "json" if args.json else args.format
     if fmt == "json":
         emit(rows, True)
@@ -241,20 +297,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from .status import run_text
+
     settings = settings_from(args)
-    with open_store(settings) as store:
-        rows = store.list_runs(args.limit)
-    emit(rows, args.json, lambda rs: "\n".join(
-        f"{r['id']:>4} {r['kind']:8} {r['status']:11} {r['started'][:19]} steps={r.get('steps')} "
-        f"bpc {r.get('val_bpc_before')} -> {r.get('val_bpc_after')} {r.get('error') or ''}" for r in rs)
-        or "no runs yet")
+    rows = read_store(settings, lambda store: store.list_runs(args.limit), [])
+    emit(rows, args.json, lambda rs: "\n".join(run_text(r) for r in rs) or "no runs yet")
     return 0
 
 
 def cmd_losses(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    with open_store(settings) as store:
-        rows = store.losses(args.run)
+    rows = read_store(settings, lambda store: store.losses(args.run), [])
     if args.plot:
         from .plot import plot_losses
 
@@ -262,8 +315,9 @@ def cmd_losses(args: argparse.Namespace) -> int:
         print(f"wrote {args.plot}")
         return 0
     emit(rows, args.json, lambda rs: "\n".join(
-        f"run {r['run_id']} step {r['step']:>7} " + (f"loss {r['loss']:.4f} lr {r['learning_rate']:.2e}"
-        if r["kind"] == "train" else f"validation {r['val_bpc']} bits/char") for r in rs)
+        f"run {r['run_id']} step {r['step']:>7} " + (
+            f"training loss {bpc_text(nats_to_bpc(r['loss']))}, lr {r['learning_rate']:.2e}"
+            if r["kind"] == "train" else f"validation {bpc_text(r['val_bpc'])}") for r in rs)
         or "no losses yet")
     return 0
 
@@ -292,7 +346,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     if not args.verbose:
         logging.getLogger("tweetgen").setLevel(logging.WARNING)  # keep the conversation readable
-    return run_chat(settings_from(args), args.temperature, args.mode)
+    settings = settings_from(args)
+    require_checkpoint(settings)
+    return run_chat(settings, args.temperature, args.mode)
 
 
 DAEMON_FLAGS = ("finetune_interval_minutes", "generate_interval_minutes", "min_new_lines",
@@ -395,6 +451,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import KNOWN_ERRORS
 
     try:
+        if args.command in TENSORFLOW_COMMANDS:
+            import_tensorflow(args.verbose)
         return args.func(args)
     except (UsageError, ConfigError, *KNOWN_ERRORS) as exc:
         print(f"tweetgen: error: {exc}", file=sys.stderr)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import math
 import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -99,8 +103,10 @@ class Settings:
     # Host header names the server answers (others get 400: DNS rebinding); '*.example.com' allowed.
     http_allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
 
-    # Internal: the file the settings came from, for messages.
+    # Internal: the file the settings came from, and where each changed setting was set
+    # (the TOML file, "environment" or "command line"), for messages and the daemon's log.
     source: str = field(default="defaults", repr=False)
+    origins: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def path(self, name: str) -> Path:
         """An absolute path setting resolved under `home` (absolute, so that records in the
@@ -120,6 +126,22 @@ class Settings:
     def db_file(self) -> Path:
         return self.path("db_path")
 
+    @property
+    def corpus_set_by(self) -> str | None:
+        """Where a corpus path other than the default was set; None for the default path (the
+        only one that is written from the fortune file when it is missing)."""
+        if self.corpus_path == Settings.corpus_path:
+            return None
+        return self.origins.get("corpus_path", "the settings")
+
+    def describe_sources(self) -> str:
+        """Which sources the settings came from, e.g. for the daemon's start-up log line."""
+        by_origin: dict[str, list[str]] = {}
+        for name, origin in self.origins.items():
+            by_origin.setdefault(origin, []).append(name)
+        parts = [f"{origin} ({', '.join(sorted(names))})" for origin, names in by_origin.items()]
+        return "defaults" + "".join(", then " + part for part in parts)
+
     def model_config(self) -> dict[str, Any]:
         """The settings that fix the model's shape; saved in every checkpoint."""
         return {
@@ -132,7 +154,7 @@ class Settings:
     def as_dict(self) -> dict[str, Any]:
         out = {}
         for f in fields(self):
-            if f.name in ("source", "api_token"):  # the token is a secret: never in checkpoints
+            if f.name in ("source", "origins", "api_token"):  # the token is a secret: never in checkpoints
                 continue
             value = getattr(self, f.name)
             out[f.name] = str(value) if isinstance(value, Path) else (
@@ -140,63 +162,82 @@ class Settings:
         return out
 
 
-SETTING_NAMES = {f.name for f in fields(Settings)} - {"source"}
+SETTING_NAMES = {f.name for f in fields(Settings)} - {"source", "origins"}
+# TWEETGEN_* variables read elsewhere, which are not settings (so not warned about).
+OTHER_ENV = {"TWEETGEN_CONFIG", "TWEETGEN_FAST_GRU"}
+OTHER_ENV_PREFIXES = ("TWEETGEN_FAULT_",)  # tweetgen.faults: fault injection in tests
+
+
+def did_you_mean(name: str) -> str:
+    """'; did you mean 'x'?' naming the closest setting, or '' when none is close."""
+    close = difflib.get_close_matches(name.lower(), SETTING_NAMES, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _convert(name: str, value: Any, origin: str) -> Any:
-    """Coerce a TOML/env/CLI value to the type of the default, or say which setting is wrong."""
+    """Convert a TOML/env/CLI value to the type of the default, or say which setting is wrong.
+    Nothing is coerced silently: 128.9 is not an int, 1 is not a string."""
     default = getattr(Settings(), name)
     try:
-        if isinstance(default, bool):
-            if isinstance(value, str):
-                if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("1", "true", "yes")
-            if not isinstance(value, bool):
-                raise ValueError(value)
-            return value
-        if isinstance(default, Path):
-            if not isinstance(value, (str, Path)):
-                raise ValueError(value)
-            return Path(value)
         if isinstance(default, tuple):
             items = value.split(",") if isinstance(value, str) else value
             if not isinstance(items, (list, tuple)):
                 raise ValueError(value)
-            kind = type(default[0]) if default else str
-            if name == "seeds":
-                kind = str
-            return tuple(kind(item) for item in items)
-        if isinstance(default, float):
-            if isinstance(value, bool):
-                raise ValueError(value)
-            return float(value)
-        if isinstance(default, int):
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError(value)
-            return int(value)
-        if not isinstance(value, str):
-            raise ValueError(value)
-        return value
+            return tuple(_scalar(TUPLE_ITEM_TYPES[name], item) for item in items)
+        return _scalar(Path if isinstance(default, Path) else type(default), value)
     except (TypeError, ValueError):
-        kind = type(default).__name__
+        kind = (f"a list of {TUPLE_ITEM_TYPES[name].__name__}" if isinstance(default, tuple)
+                else "a path" if isinstance(default, Path) else type(default).__name__)
         raise ConfigError(
             f"{origin}: setting {name!r} must be {kind}, got {value!r}; fix it or remove it"
         ) from None
+
+
+# The element type of each list setting (a TOML list, or comma-separated in the environment),
+# read from its annotation: `gru_sizes: tuple[int, ...]` holds ints.
+TUPLE_ITEM_TYPES: dict[str, type] = {name: get_args(hint)[0]
+                                     for name, hint in get_type_hints(Settings).items()
+                                     if get_origin(hint) is tuple}
+
+
+def _scalar(kind: type, value: Any) -> Any:
+    """`value` as `kind`; strings (environment, flags) are parsed, other types must match."""
+    if kind is Path:
+        if not isinstance(value, (str, Path)):
+            raise ValueError(value)
+        return Path(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ValueError(value)
+        return value
+    if kind is bool:
+        if isinstance(value, str) and value.lower() in ("1", "0", "true", "false", "yes", "no"):
+            return value.lower() in ("1", "true", "yes")
+        if not isinstance(value, bool):
+            raise ValueError(value)
+        return value
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(value)
+    if kind is float:
+        return float(value)
+    number = float(value) if isinstance(value, str) and not value.strip().lstrip("+-").isdigit() else value
+    if isinstance(number, float) and not number.is_integer():
+        raise ValueError(value)
+    return int(number)
 
 
 # Settings whose zero or negative value would divide by zero, never fire, or stop nothing.
 AT_LEAST_ONE = ("embedding_dim", "max_line_chars", "lr_decay_steps", "log_every", "checkpoint_every",
                 "initial_steps", "finetune_min_steps", "finetune_max_steps", "min_new_lines",
                 "samples_per_seed", "max_validation_lines", "novelty_ngram", "vocab_min_count",
-                "vocab_grow_min_count", "max_bad_steps", "cpu_replicas", "idle_patience",
-                "idle_cycle_steps")
+                "vocab_grow_min_count", "max_bad_steps", "cpu_replicas", "idle_patience", "idle_cycle_steps",
+                # APScheduler 3.x takes a positive grace time (or None); 0 crashes it at start.
+                "misfire_grace_seconds")
 POSITIVE = ("learning_rate", "lr_decay_rate", "finetune_learning_rate", "clip_norm", "finetune_epochs",
             "finetune_interval_minutes", "generate_interval_minutes", "ingest_check_seconds",
             "heartbeat_seconds", "idle_check_seconds", "idle_learning_rate")
 NOT_NEGATIVE = ("min_learning_rate", "initial_minutes", "replay_ratio", "promote_tolerance_bpc",
-                "db_busy_timeout_seconds", "misfire_grace_seconds", "top_k", "idle_max_hours_per_day",
-                "idle_recent_lines")
+                "db_busy_timeout_seconds", "top_k", "idle_max_hours_per_day", "idle_recent_lines")
 STRATEGIES = ("auto", "mirrored", "multi-worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
@@ -249,10 +290,12 @@ def apply(settings: Settings, values: Mapping[str, Any], origin: str) -> Setting
     changes = {}
     for name, value in values.items():
         if name not in SETTING_NAMES:
-            raise ConfigError(f"{origin}: unknown setting {name!r}; see README 'Configuration'")
+            raise ConfigError(f"{origin}: unknown setting {name!r}{did_you_mean(name)} "
+                              "(see README 'Configuration')")
         if value is not None:
             changes[name] = _convert(name, value, origin)
-    result = dataclasses.replace(settings, **changes)
+    origins = {**settings.origins, **{name: origin for name in changes}}
+    result = dataclasses.replace(settings, **changes, origins=origins)
     try:
         _validate(result)
     except ConfigError as exc:
@@ -270,6 +313,20 @@ def env_values(environ: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+def unknown_env_warnings(environ: Mapping[str, str]) -> list[str]:
+    """One line per TWEETGEN_* variable that names no setting (a typo would be ignored)."""
+    known = {"TWEETGEN_" + name.upper() for name in SETTING_NAMES} | OTHER_ENV
+    warnings = []
+    for key in sorted(environ):
+        if not key.startswith("TWEETGEN_") or key in known or key.startswith(OTHER_ENV_PREFIXES):
+            continue
+        names = sorted(k.removeprefix("TWEETGEN_") for k in known)  # the prefix matches always
+        close = difflib.get_close_matches(key.removeprefix("TWEETGEN_"), names, n=1, cutoff=0.6)
+        hint = f"; did you mean TWEETGEN_{close[0]}?" if close else ""
+        warnings.append(f"environment variable {key} is not a tweetgen setting and is ignored{hint}")
+    return warnings
+
+
 def load_settings(
     config_file: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
@@ -277,6 +334,8 @@ def load_settings(
 ) -> Settings:
     """Defaults, then the TOML file (explicit, or tweetgen.toml under home if present), env, flags."""
     environ = os.environ if environ is None else environ
+    for warning in unknown_env_warnings(environ):
+        log.warning(warning)
     overrides = dict(overrides or {})
     settings = Settings()
     home = overrides.get("home") or environ.get("TWEETGEN_HOME") or "."

@@ -410,10 +410,14 @@ def import_fortunes(source: Path, dest: Path, max_chars: int = 140) -> AppendRes
     return result
 
 
-def ensure_corpus(path: Path, max_chars: int = 140) -> None:
-    """Write the corpus from the default fortune file if it does not exist yet."""
+def ensure_corpus(path: Path, max_chars: int = 140, set_by: str | None = None) -> None:
+    """Write the default corpus from the fortune file if it does not exist yet. A corpus path
+    the user set (`set_by` says where) must exist: a typo must not train on fortunes."""
     if path.is_dir():
         raise CorpusError(f"corpus {path} is a directory, not a file; move it away")
+    if not path.exists() and set_by is not None:
+        raise CorpusError(f"corpus {path} does not exist (corpus_path is set in {set_by}); fix the "
+                          "path, or create the file, e.g. `tweetgen append --file YOUR_LINES.txt`")
     if not path.exists():
         log.info("corpus %s missing: writing it from the FreeBSD fortune file", path)
         import_fortunes(default_fortune_file(), path, max_chars)

@@ -133,7 +133,7 @@ class Daemon:
         crashed = self.store.mark_running_as_crashed()
         if crashed:
             log.warning("runs %s were left running by a process that died: marked crashed", crashed)
-        corpus.ensure_corpus(s.corpus_file, s.max_tweet_chars)
+        corpus.ensure_corpus(s.corpus_file, s.max_tweet_chars, s.corpus_set_by)
         self.scheduler = self._make_scheduler()
         self._install_signal_handlers()
         now = datetime.now(UTC)
@@ -152,6 +152,7 @@ class Daemon:
                                executor="light", next_run_time=now)
         log.info("daemon started (pid %d): corpus %s, checkpoints %s, database %s", os.getpid(),
                  s.corpus_file, s.checkpoints, s.db_file)
+        log.info("settings from %s", s.describe_sources())
         if not self.stop_event.is_set():
             self.scheduler.start()  # blocks until a signal shuts it down
         # Let a job that is stopping (checkpoint, run marked interrupted) finish first.
@@ -316,7 +317,7 @@ class Daemon:
 
     def initial_training(self, loaded: tuple | None) -> None:
         from . import engine, finetune
-        from .trainer import progress_printer
+        from .progress import ProgressPrinter
 
         s = self.settings
         steps, minutes = (None, s.initial_minutes) if s.initial_minutes else (s.initial_steps, None)
@@ -327,8 +328,9 @@ class Daemon:
                 steps, minutes = left, None
             log.info("resuming the initial training at step %d", meta["step"])
         log.info("initial training: %s", f"{steps} steps" if steps is not None else f"{minutes} minutes")
+        progress = ProgressPrinter()  # log lines: the daemon's output is a log
         outcome = engine.train(s, steps, minutes, self.stop_event.is_set, self.store,
-                               on_log=progress_printer(steps), kind="initial")
+                               on_log=progress, kind="initial", on_start=progress.begin)
         self._trainers().keep(outcome.trainer, outcome.result.checkpoint)
         if outcome.result.status == "interrupted":
             return
@@ -446,6 +448,8 @@ def run_daemon(settings: Settings) -> int:
                           "several hosts run `tweetgen train` on each worker (docs/distribute.md)")
     from . import distribute
 
+    if settings.corpus_set_by:  # a wrong corpus path fails before any folder is made
+        corpus.ensure_corpus(settings.corpus_file, settings.max_tweet_chars, settings.corpus_set_by)
     distribute.strategy_for(settings)  # before TensorFlow starts (logical CPU devices)
     return Daemon(settings).run()
 

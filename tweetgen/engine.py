@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -196,9 +197,11 @@ class TrainOutcome:
 
 def train(settings: Settings, steps: int | None = None, minutes: float | None = None,
           should_stop: Callable[[], bool] = lambda: False, store: Store | None = None,
-          on_log: Callable[[StepLog], None] | None = None, kind: str = "train") -> TrainOutcome:
-    """Train from scratch, or continue from the latest checkpoint, for a step or time budget."""
-    corpus.ensure_corpus(settings.corpus_file, settings.max_tweet_chars)
+          on_log: Callable[[StepLog], None] | None = None, kind: str = "train",
+          on_start: Callable[[int, int | None], None] | None = None) -> TrainOutcome:
+    """Train from scratch, or continue from the latest checkpoint, for a step or time budget.
+    on_start(first step, target step or None) is called once the run starts (progress bars)."""
+    corpus.ensure_corpus(settings.corpus_file, settings.max_tweet_chars, settings.corpus_set_by)
     manager = checkpoint_manager(settings)
     trainer = load_latest_trainer(settings, manager)
     if trainer is None:
@@ -212,7 +215,9 @@ def train(settings: Settings, steps: int | None = None, minutes: float | None = 
         log.info("%d characters of the training lines are not in the vocabulary (trained as <unk>)",
                  data.unknown_chars)
     first_step = trainer.step
-    run_id = store.start_run(kind, os.getpid(), start_step=first_step) if store else None
+    run_id = store.start_run(kind, os.getpid(), start_step=first_step,
+                             config=run_plan(job.target_step if budget is not None else None, minutes)
+                             ) if store else None
     recorder = StoreRecorder(store, run_id, manager)
 
     def both(entry: StepLog) -> None:
@@ -222,6 +227,8 @@ def train(settings: Settings, steps: int | None = None, minutes: float | None = 
 
     log.info("training from step %d on %d lines (%d validation), %s", trainer.step, len(data.train),
              len(data.validation), f"{budget} steps" if budget else f"{minutes} minutes")
+    if on_start:
+        on_start(first_step, job.target_step if budget is not None else None)
     try:
         result = trainer.run(job, data, manager, deadline, should_stop, both, recorder.on_checkpoint)
     except Exception as exc:
@@ -234,6 +241,13 @@ def train(settings: Settings, steps: int | None = None, minutes: float | None = 
                          steps=result.steps, val_bpc_after=result.val_bpc,
                          checkpoint_id=recorder.last_checkpoint_id, bad_steps=result.bad_steps)
     return TrainOutcome(result, run_id, trainer)
+
+
+def run_plan(target_step: int | None, minutes: float | None = None) -> dict:
+    """Where a run means to stop, recorded with it so `tweetgen status` (any process) can show
+    step N of M and an ETA: the target step, or the end time of a time budget."""
+    ends_at = datetime.fromtimestamp(time.time() + minutes * 60, UTC).isoformat() if minutes else None
+    return {"target_step": target_step, "ends_at": ends_at}
 
 
 def continued_or_new_job(settings: Settings, trainer: Trainer, manager: CheckpointManager) -> TrainJob:
@@ -328,7 +342,7 @@ def evaluate_file(settings: Settings, path: Path, checkpoint: str | None = None)
     chars = int(sum(len(s) - 1 for s in sequences))
     return {"file": str(path), "checkpoint": ckpt.name, "step": ckpt.step, "lines": len(batch.lines),
             "rejected": sum(batch.rejected.values()), "characters": chars,
-            "unknown_chars": unknown, "bits_per_char": None if np.isnan(bpc) else round(bpc, 4)}
+            "unknown_chars": unknown, "bits_per_char": None if np.isnan(bpc) else float(bpc)}
 
 
 # ---------------------------------------------------------------- scheduled and on-demand tweets

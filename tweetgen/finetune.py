@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from . import corpus, faults
 from .checkpoints import CheckpointManager, checkpoint_name
 from .config import Settings
-from .engine import StoreRecorder, TrainerCache, checkpoint_manager, latest_trainer, sync_checkpoint_flags
+from .engine import (
+    StoreRecorder,
+    TrainerCache,
+    checkpoint_manager,
+    latest_trainer,
+    run_plan,
+    sync_checkpoint_flags,
+)
 from .promotion import Decision, Figures, ServedModel, decide, known
 from .store import Store
 from .trainer import RunResult, TrainData, Trainer, TrainJob, build_data, finetune_steps
@@ -138,7 +145,8 @@ def _run(settings: Settings, store: Store, should_stop, trainers: TrainerCache,
                                  new_val_lines=len(data.new_validation),
                                  val_bpc_before=known(job.baseline_bpc),
                                  val_new_bpc_before=known(job.baseline_new_bpc),
-                                 config={"resumes_run": resumes} if resumes else None)
+                                 config={**run_plan(job.target_step),
+                                         **({"resumes_run": resumes} if resumes else {})})
     log.info("fine-tune run %d: %d new lines (%d rejected, %d held out to judge it), %d replayed, "
              "%d steps; the served model: validation %s, new lines %s bits/char", job.run_id,
              scan.lines, sum(scan.rejected.values()), len(data.new_validation), data.replay_lines,

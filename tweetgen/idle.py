@@ -25,14 +25,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .config import Settings
-from .engine import StoreRecorder, TrainerCache, checkpoint_manager, sync_checkpoint_flags
+from .engine import StoreRecorder, TrainerCache, checkpoint_manager, run_plan, sync_checkpoint_flags
 from .promotion import Figures, decide, known
+from .status import IDLE_STATE_KEY
 from .store import Store
 from .trainer import TrainData, Trainer, TrainJob, build_data
 
 log = logging.getLogger(__name__)
 
-STATE_KEY = "idle_state"  # meta: what idle training is doing, for status and the review page
+STATE_KEY = IDLE_STATE_KEY  # meta: what idle training is doing, for status and the review page
+
 USED_KEY = "idle_seconds_used"  # meta: {"day": "YYYY-MM-DD", "seconds": float}
 IMPROVEMENT = 1e-4  # bits/char: a smaller gain does not count as better
 
@@ -108,7 +110,7 @@ def run_idle(settings: Settings, store: Store, trainers: TrainerCache,
     if not data.train:
         return None
     run_id = store.start_run("idle", os.getpid(), start_step=trainer.step,
-                             val_bpc_before=known(job.best_bpc))
+                             val_bpc_before=known(job.best_bpc), config=run_plan(job.target_step))
     set_state(store, "training", run=run_id, step=trainer.step, target_step=job.target_step,
               best_bpc=known(job.best_bpc))
     started = time.monotonic()
@@ -153,7 +155,8 @@ def run_idle(settings: Settings, store: Store, trainers: TrainerCache,
     ended = why[0] if why else ("exhausted" if exhausted(settings, job) else "cycle")
     store.finish_run(run_id, "interrupted" if ended == "interrupted" else "completed",
                      steps=result.steps, val_bpc_after=known(job.best_bpc), bad_steps=result.bad_steps,
-                     checkpoint_id=recorder.last_checkpoint_id, config={"ended": ended})
+                     checkpoint_id=recorder.last_checkpoint_id,
+                     config={**run_plan(job.target_step), "ended": ended})
     _record_state(settings, store, job, run_id, ended)
     log.info("idle training run %d: %d steps, %s; best validation %s bits/char", run_id, result.steps,
              ended, f"{job.best_bpc:.4f}" if known(job.best_bpc) else "-")

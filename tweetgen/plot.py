@@ -14,7 +14,7 @@ class PlotUnavailableError(RuntimeError):
 
 
 def plot_losses(rows: list[dict], path: Path) -> None:
-    """One PNG: training loss (nats/char) and validation bits/char against the global step."""
+    """One PNG: training loss and validation, both in bits/char, against the global step."""
     try:
         import matplotlib
 

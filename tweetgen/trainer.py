@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -321,9 +320,9 @@ class Trainer:
         path = manager.save(meta, [w.numpy() for w in self.model.weights],
                             [v.numpy() for v in self.optimizer.variables])
         faults.crash_point("checkpoint-saved")
-        log.info("checkpoint %s: step %d, train loss %s, validation %.4f bits/char", path.name,
-                 self.step, f"{self.last_loss:.4f}" if self.last_loss is not None else "-",
-                 meta["val_bpc"])
+        train_bpc = f"{self.last_loss / math.log(2):.4f}" if self.last_loss is not None else "-"
+        log.info("checkpoint %s: step %d, training loss %s bits/char, validation %.4f bits/char",
+                 path.name, self.step, train_bpc, meta["val_bpc"])
         if on_checkpoint:
             on_checkpoint(path, meta)
         return path, meta
@@ -397,31 +396,3 @@ def keras_seed(seed: int) -> None:
     import keras
 
     keras.utils.set_random_seed(seed)
-
-
-def progress_printer(total_steps: int | None, stream=sys.stderr) -> Callable[[StepLog], None]:
-    """A one-line progress bar on a terminal, plain log lines otherwise."""
-    started = time.monotonic()
-    first_step: list[int] = []
-
-    def show(entry: StepLog) -> None:
-        if not first_step:
-            first_step.append(entry.step - 1)
-        done = entry.step - first_step[0]
-        rate = done / max(time.monotonic() - started, 1e-9)
-        eta = ""
-        if total_steps:
-            remaining = max(total_steps - done, 0) / max(rate, 1e-9)
-            eta = f" ETA {int(remaining // 60)}m{int(remaining % 60):02d}s"
-        text = (f"step {entry.step} loss {entry.loss:.4f} lr {entry.learning_rate:.2e} "
-                f"{entry.chars_per_s:,.0f} chars/s{eta}")
-        if stream.isatty():
-            width = 24
-            filled = int(width * min(done / total_steps, 1.0)) if total_steps else 0
-            bar = "#" * filled + "-" * (width - filled) if total_steps else ""
-            stream.write(f"\r[{bar}] {text}   ")
-            stream.flush()
-        else:
-            log.info(text)
-
-    return show

@@ -111,6 +111,12 @@ class Loss(BaseModel):
 
 class Status(BaseModel):
     daemon: dict[str, Any]
+    running: dict[str, Any] | None = Field(
+        None, description="the run in progress: kind, step of target, eta (ISO) and eta_seconds, "
+                          "train_bpc and val_bpc (bits/char); null when none runs")
+    idle_training: dict[str, Any] | None = Field(
+        None, description="what idle training does: state (training, waiting, stopped, paused, off), "
+                          "step, target_step, best_bpc, stale_checkpoints, patience, reason, since")
     promoted_checkpoint: dict[str, Any] | None
     lines_waiting: int | None
     samples: int

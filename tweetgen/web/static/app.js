@@ -133,6 +133,14 @@ async function generate(event) {
 
 // ---------------------------------------------------------------- status and chart
 
+// The run in progress, as `tweetgen status` words it: step N of M, ETA, losses in bits/char.
+function runningText(r) {
+  const bpc = (x) => (x === null || x === undefined ? "-" : `${x.toFixed(4)} bits/char`);
+  const where = r.steps_total !== null ? `step ${r.steps_done} of ${r.steps_total}` : `step ${r.steps_done}`;
+  const eta = r.eta_seconds !== null ? `, ETA ${Math.round(r.eta_seconds / 60)} min` : "";
+  return `${r.kind} run #${r.run}: ${where}${eta}, loss ${bpc(r.train_bpc)}, validation ${bpc(r.val_bpc)}`;
+}
+
 async function loadStatus() {
   try {
     const s = await api("/api/status");
@@ -140,8 +148,9 @@ async function loadStatus() {
     const p = s.promoted_checkpoint;
     const parts = [
       d.alive ? `daemon alive (${d.state}, pid ${d.pid})` : `daemon not running (${d.state})`,
+      ...(s.running ? [runningText(s.running)] : []),
       p ? `checkpoint ${p.path.split("/").pop()}` + (p.step !== undefined ? ` step ${p.step}` : "")
-        + (p.val_bpc ? `, ${p.val_bpc.toFixed(3)} bits/char` : "") : "no promoted checkpoint",
+        + (p.val_bpc ? `, ${p.val_bpc.toFixed(4)} bits/char` : "") : "no promoted checkpoint",
       `${s.lines_waiting === null ? "?" : s.lines_waiting} lines waiting`,
       `${s.samples} tweets`,
     ];
