@@ -141,7 +141,7 @@ class Daemon:
         self._add("finetune", self.finetune_job, "interval", minutes=s.finetune_interval_minutes,
                   start_date=now + timedelta(minutes=s.finetune_interval_minutes))
         self.scheduler.add_job(self.new_lines_check, "interval", seconds=s.ingest_check_seconds,
-                               id="new-lines", executor="light",
+                               id="new-lines", executor="checks",
                                start_date=now + timedelta(seconds=s.ingest_check_seconds))
         if s.idle_training:
             self._add("idle", self.idle_job, "interval", seconds=s.idle_check_seconds,
@@ -164,7 +164,10 @@ class Daemon:
     def _make_scheduler(self) -> BlockingScheduler:
         s = self.settings
         scheduler = BlockingScheduler(
-            executors={"default": ThreadPoolExecutor(1), "light": ThreadPoolExecutor(1)},
+            # TensorFlow jobs, the heartbeat, the new-lines check: each on its own thread, so a
+            # check waiting on a busy database never delays a heartbeat.
+            executors={"default": ThreadPoolExecutor(1), "light": ThreadPoolExecutor(1),
+                       "checks": ThreadPoolExecutor(1)},
             job_defaults={"coalesce": True, "max_instances": 1,
                           "misfire_grace_time": s.misfire_grace_seconds},
             timezone=UTC,
