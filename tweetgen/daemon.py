@@ -357,7 +357,7 @@ class Daemon:
 
     def new_lines_check(self) -> None:
         """Fine-tune now, without waiting for the interval, once enough lines are waiting. It
-        only counts lines (no TensorFlow), on the light thread, so it never interrupts idle
+        only counts lines (no TensorFlow), on its own thread, so it never interrupts idle
         training for nothing: the fine-tune it brings forward does."""
         path = self.settings.corpus_file
         if not self.trained or self.stop_event.is_set() or not self._corpus_usable(path):
