@@ -1,8 +1,10 @@
 """The daemon: APScheduler jobs, the single-instance lock, signals, resume.
 
-A `BlockingScheduler` runs in the foreground. TensorFlow jobs (start-up, fine-tune, the
-new-lines check, generate) share one worker thread, so they never overlap; the heartbeat has
-its own thread so `tweetgen status` sees a live daemon even during a long training run.
+A `BlockingScheduler` runs in the foreground. TensorFlow jobs (start-up, fine-tune, generate,
+idle training) share one worker thread, so they never overlap; idle training yields at its next
+step to any other job submitted there. The heartbeat has its own thread so `tweetgen status` sees
+a live daemon even during a long training run, and so has the new-lines check (it only counts
+lines; when enough wait it brings the fine-tune forward).
 SIGTERM/SIGINT stop training at the next step, write a checkpoint, mark the run interrupted and
 exit 0. The lock is an flock, which the kernel drops when a process dies, so `kill -9` never
 leaves it stuck.
