@@ -9,10 +9,9 @@ locked database, a full disk or a garbage checkpoint first, and some a `tweetgen
 a file size limit, which must fail and leave the corpus byte-identical. After every kill the
 database must pass PRAGMA integrity_check, the newest checkpoint must load, the ingests must run
 on from byte 0 without a gap or an overlap, and every tweet seen before the kill must still be
-there; after
-every restart no run of a dead daemon may still say 'running'. A last daemon then ingests
-everything. Prints faults by kind, restarts, lines appended vs ingested, tweets before vs after,
-checks passed; data lost must be 0. About 6 s per kill on a 2-core machine.
+there; after every restart no run of a dead daemon may still say 'running'. A last daemon then
+ingests everything. Prints faults by kind, restarts, lines appended vs ingested, tweets before
+vs after, failed appends, checks passed; data lost must be 0. About 6 s per kill on a 2-core machine.
 """
 
 from __future__ import annotations

@@ -294,7 +294,8 @@ def test_tweetgen_append_says_a_failed_batch_was_not_added(tmp_path: Path) -> No
     assert result.returncode == 2
     assert corpus_file.read_bytes() == b"already here\n"
     (message,) = result.stderr.strip().splitlines()
-    assert message.startswith("tweetgen: error: could not append to corpus") and "nothing was added" in message
+    assert message.startswith("tweetgen: error: could not append to corpus")
+    assert "nothing was added" in message
 
 
 # ---------------------------------------------------------------- fortunes
