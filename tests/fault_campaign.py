@@ -19,9 +19,9 @@ Some cycles also meet other faults before their kill (each drawn with its own pr
 NaN losses in the first training steps (TWEETGEN_FAULT_NAN_STEPS), the database locked by
 another writer for a second or two, the disk full for a second or two (the daemon's file size
 limit lowered to 1 byte with prlimit), and a garbage file named like a newer checkpoint. Before
-some daemon starts (drawn from a second generator, so the kills stay those of the seed), a
-`tweetgen append` runs under a file size limit its batch does not fit: it must fail, say so, and
-leave the corpus byte-identical.
+the first daemon start and some later ones (drawn from a second generator, so the kills stay
+those of the seed), a `tweetgen append` runs under a file size limit its batch does not fit:
+it must fail, say so, and leave the corpus byte-identical.
 
 At the end a daemon runs without faults until every complete line is ingested and new tweets
 are stored; the ingests must then cover every complete line of the corpus exactly once.
@@ -135,7 +135,7 @@ class KillCampaign:
         how, target, limit = self.rng.choice(PHASES[phase])
         extras = [name for name, chance in EXTRAS.items() if self.rng.random() < chance]
         self.append_some()
-        if self.append_rng.random() < APPEND_OVER_LIMIT:
+        if not self.report.failed_appends or self.append_rng.random() < APPEND_OVER_LIMIT:
             self.append_over_file_limit()
         env = {}
         if how == "point":

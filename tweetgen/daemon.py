@@ -27,6 +27,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from . import corpus
+from .checkpoints import CheckpointManager
 from .config import ConfigError, Settings
 from .errors import KNOWN_ERRORS, LockError
 from .store import Store, StoreError
@@ -38,10 +39,12 @@ UNBOUNDED_STEPS = 2**61  # a time-budgeted job has no step target
 
 
 class InstanceLock:
-    """Exclusive flocks on the checkpoint folder and the database: one writer per instance."""
+    """Exclusive flocks on the checkpoint folder and the database: one writer per instance.
+    Its holder is the one process that cleans the checkpoint folder of temp files a crash left."""
 
     def __init__(self, settings: Settings) -> None:
         db = settings.db_file
+        self.checkpoints = settings.checkpoints
         self.paths = [settings.checkpoints / LOCK_NAME, db.with_name(db.name + ".lock")]
         self._handles: list[Any] = []
 
@@ -63,6 +66,7 @@ class InstanceLock:
             handle.write(str(os.getpid()))
             handle.flush()
             self._handles.append(handle)
+        CheckpointManager(self.checkpoints).remove_stale_temp_files()
         return self
 
     def release(self) -> None:
