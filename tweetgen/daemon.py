@@ -22,7 +22,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+    JobEvent,
+)
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
@@ -36,6 +42,41 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = ".tweetgen.lock"
 UNBOUNDED_STEPS = 2**61  # a time-budgeted job has no step target
+STARTUP_RETRY_CAP_SECONDS = 600.0  # a start-up that keeps failing is tried at least this often
+
+
+class RetryBackoff:
+    """When to try a failing thing again: after `first` seconds, then twice as long after each
+    failure in a row, at most `cap`; a success starts over."""
+
+    def __init__(self, first: float, cap: float) -> None:
+        self.first, self.cap = first, max(first, cap)
+        self.failures = 0
+        self.due_at = 0.0  # time.monotonic() from which the next try may run
+
+    def due(self, now: float) -> bool:
+        return now >= self.due_at
+
+    def failed(self, now: float) -> float:
+        """Count a failure; the seconds until the next try."""
+        self.failures += 1
+        delay = min(self.cap, self.first * 2 ** (self.failures - 1))
+        self.due_at = now + delay
+        return delay
+
+    def succeeded(self) -> None:
+        self.failures, self.due_at = 0, 0.0
+
+
+class SkippedRunFilter(logging.Filter):
+    """Drops APScheduler's WARNING for a run skipped because the job's last run is still going:
+    the daemon records every such skip and logs the first of each run at INFO instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "skipped: maximum number of running instances" not in str(record.msg)
+
+
+SKIPPED_RUN_FILTER = SkippedRunFilter()
 
 
 class InstanceLock:
@@ -93,6 +134,9 @@ class Daemon:
         self.unrecorded_events: list[tuple] = []  # job events a database error kept from the store
         self.events_lock = threading.Lock()  # events come from the job threads and the listener
         self.corpus_problem: str | None = None
+        # The start-up is retried by the next job that runs once this backoff allows it.
+        self.startup_retry = RetryBackoff(settings.ingest_check_seconds, STARTUP_RETRY_CAP_SECONDS)
+        self.skips_logged: set[str] = set()  # jobs whose skip is logged, until their run ends
 
     # ---- life cycle
 
@@ -155,7 +199,9 @@ class Daemon:
                           "misfire_grace_time": s.misfire_grace_seconds},
             timezone=UTC,
         )
-        scheduler.add_listener(self._on_job_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED)
+        scheduler.add_listener(self._on_job_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED
+                               | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_EXECUTED)
+        logging.getLogger("apscheduler.scheduler").addFilter(SKIPPED_RUN_FILTER)  # added once
         return scheduler
 
     def _add(self, job_id: str, func: Callable[[], bool | None], trigger: str, **kwargs: Any) -> None:
@@ -187,6 +233,8 @@ class Daemon:
                 self._close_runs_left_running()
                 run = func
                 if job_id != "startup" and not self.trained:
+                    if not self.startup_retry.due(time.monotonic()):
+                        return  # the failed start-up waits out its backoff; nothing else runs
                     log.warning("the start-up did not finish (%s): retrying it now", why)
                     run = self.startup_job
                 started = time.monotonic()
@@ -195,6 +243,9 @@ class Daemon:
                         self._record(job_id, "executed", None, time.monotonic() - started)
                 except KNOWN_ERRORS as exc:  # explained in one line; others keep their traceback
                     self._job_failed(job_id, exc)
+                finally:
+                    if run == self.startup_job:
+                        self._startup_tried()
 
         return job
 
@@ -212,12 +263,35 @@ class Daemon:
             log.warning("runs %s were left running by a failed job: marked failed", closed)
         self.last_error = None
 
-    def _on_job_event(self, event: JobExecutionEvent) -> None:
+    def _startup_tried(self) -> None:
+        """Back off after a start-up that failed (not after one a stop cut short)."""
+        if self.trained:
+            self.startup_retry.succeeded()
+        elif not self.stop_event.is_set():
+            delay = self.startup_retry.failed(time.monotonic())
+            log.warning("the start-up failed %d time(s) in a row: next try in %.0f s or later",
+                        self.startup_retry.failures, delay)
+
+    def _on_job_event(self, event: JobEvent) -> None:
         if event.code == EVENT_JOB_MISSED:
             log.warning("job %s missed its run time %s", event.job_id, event.scheduled_run_time)
             self._record(event.job_id, "missed", None, None)
+        elif event.code == EVENT_JOB_MAX_INSTANCES:
+            self._run_skipped(event.job_id)
+        elif event.code == EVENT_JOB_EXECUTED:
+            self.skips_logged.discard(event.job_id)  # its run ended: the next skip is news again
         else:
+            self.skips_logged.discard(event.job_id)
             self._job_failed(event.job_id, event.exception)
+
+    def _run_skipped(self, job_id: str) -> None:
+        """A run not started because the job's last one is still running (or waits for the
+        worker thread): every skip is recorded, the first of each such run logged."""
+        if job_id not in self.skips_logged:
+            self.skips_logged.add(job_id)
+            log.info("job %s skipped: its previous run is still running or waiting for the worker "
+                     "(further skips are recorded as job events, not logged, until it ends)", job_id)
+        self._record(job_id, "skipped", None, None)
 
     def _job_failed(self, job_id: str, exc: BaseException) -> None:
         error = f"{type(exc).__name__}: {exc}"

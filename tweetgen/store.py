@@ -28,7 +28,7 @@ APP = "tweetgen"
 RUN_KINDS = {"initial", "finetune", "train"}
 RUN_STATUSES = {"running", "completed", "interrupted", "crashed", "failed", "rejected"}
 REVIEW_STATUSES = {"approved", "rejected", "new"}
-JOB_EVENTS = {"executed", "error", "missed"}
+JOB_EVENTS = {"executed", "error", "missed", "skipped"}
 CRASHED_ERROR = "process died (found running at next start)"
 
 # Columns stored as JSON text; rows read back have them decoded again.
