@@ -15,6 +15,7 @@ import random
 import re
 import sys
 import sysconfig
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -193,6 +194,30 @@ def count_lines(path: Path, start: int, stop: int) -> int:
     return count
 
 
+# The last count of each file's lines from byte 0: (offset, newlines before it, file identity).
+_prefix_counts: dict[Path, tuple[int, int, dict]] = {}
+_prefix_lock = threading.Lock()
+
+
+def lines_before(path: Path, offset: int) -> int:
+    """Newlines in bytes [0, offset), reading only the bytes after this process's last count of
+    the file when the file still holds what that count read. Every fine-tune (its replay share)
+    and a /metrics scrape with no cursor ask again as the corpus grows: without this, each read
+    the whole corpus again."""
+    key = Path(path).absolute()
+    with _prefix_lock:
+        cached = _prefix_counts.get(key)
+    start, count = 0, 0
+    if cached and 0 < cached[0] <= offset and check_identity(path, cached[0], cached[2]) is None:
+        start, count = cached[0], cached[1]
+    count += count_lines(path, start, offset)
+    if offset > start:
+        identity = file_identity(path, offset)
+        with _prefix_lock:
+            _prefix_counts[key] = (offset, count, identity)
+    return count
+
+
 def sample_lines(path: Path, end: int, count: int, rng: random.Random,
                  keep: Callable[[str], bool] = lambda text: True) -> list[str]:
     """`count` clean lines drawn at random, with replacement, from the complete lines before byte
@@ -240,6 +265,8 @@ def lines_waiting(path: Path, cursor: dict | None) -> int:
     try:
         if offset and check_identity(path, offset, cursor["identity"]) is not None:
             offset = 0
+        if offset == 0:  # nothing ingested yet: counted from the last count, not from byte 0
+            return lines_before(path, path.stat().st_size) if path.is_file() else 0
         return count_lines_after(path, offset)
     except OSError:  # missing, a directory, or removed while being read
         return 0
