@@ -108,17 +108,19 @@ def test_empty_file_is_treated_as_version_zero(db_path: Path):
     db_path.parent.mkdir(parents=True)
     db_path.write_bytes(b"")
     with Store(db_path) as s:
-        assert s.get_meta("schema_version") == "1"
+        assert s.get_meta("schema_version") == str(SCHEMA_VERSION)
 
 
 def test_newer_schema_version_is_refused(tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = Path("db/x.db")
-    Store(path).set_meta("schema_version", "3")
+    newer = SCHEMA_VERSION + 1
+    Store(path).set_meta("schema_version", str(newer))
     with pytest.raises(StoreError) as info:
         Store(path)
     assert str(info.value) == (
-        "db/x.db has schema version 3, newer than this tweetgen (1): upgrade tweetgen"
+        f"db/x.db has schema version {newer}, newer than this tweetgen ({SCHEMA_VERSION}): "
+        "upgrade tweetgen"
     )
 
 
@@ -157,13 +159,14 @@ def test_garbage_file_is_refused(db_path: Path):
 def test_migrations_run_in_order(db_path: Path, monkeypatch):
     Store(db_path).close()
 
-    def migrate_to_2(db: sqlite_utils.Database) -> None:
+    def migrate_to_next(db: sqlite_utils.Database) -> None:
         db.execute("ALTER TABLE samples ADD COLUMN language TEXT")
 
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(store_module.MIGRATIONS, 2, migrate_to_2)
+    following = SCHEMA_VERSION + 1
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", following)
+    monkeypatch.setitem(store_module.MIGRATIONS, following, migrate_to_next)
     with Store(db_path) as s:
-        assert s.get_meta("schema_version") == "2"
+        assert s.get_meta("schema_version") == str(following)
         [sample_id] = s.add_samples([sample("hola", language="es")])
         assert s.get_sample(sample_id)["language"] == "es"
 
@@ -587,3 +590,40 @@ def test_lock_held_elsewhere_gives_store_error(db_path: Path):
     s.start_run("train", pid=1)
     assert len(s.list_runs()) == 1
     s.close()
+
+
+# --- the /metrics scrape --------------------------------------------------------
+
+
+def test_a_metrics_scrape_reads_indexes_not_the_tables(store: Store, make_settings, tmp_path: Path):
+    """The scrape counts samples and job events at every poll: it must read narrow indexes
+    (and find each job's last duration by an index search), never scan those tables."""
+    from tweetgen.web.metrics import StoreCollector
+
+    store.record_job_event("generate", "executed", duration_s=1.5)
+    statements: list[str] = []
+    store.db.conn.set_trace_callback(statements.append)
+    try:
+        list(StoreCollector(make_settings(tmp_path), store).collect())
+    finally:
+        store.db.conn.set_trace_callback(None)
+    plans = {}
+    for sql in statements:
+        if sql.lstrip().upper().startswith("SELECT") and ("samples" in sql or "job_events" in sql):
+            plans[sql] = [row[3] for row in store.db.execute("EXPLAIN QUERY PLAN " + sql).fetchall()]
+    assert len(plans) == 3, plans  # tweets by status, job durations, job events
+    for sql, plan in plans.items():
+        scans = [step for step in plan if step.startswith("SCAN") and "COVERING INDEX" not in step
+                 and "USING INDEX idx_job_events" not in step]
+        assert not scans, f"{sql}: {plan}"
+
+
+def test_a_version_1_database_gets_the_metrics_indexes(db_path: Path):
+    with Store(db_path) as s:
+        s.db.execute("DROP INDEX idx_job_events_job_id_event")
+        s.db.execute("DROP INDEX idx_samples_status_source")
+        s.set_meta("schema_version", "1")
+    with Store(db_path) as s:
+        assert s.get_meta("schema_version") == str(SCHEMA_VERSION)
+        assert {"idx_job_events_job_id_event", "idx_samples_status_source"} <= {
+            index.name for table in ("job_events", "samples") for index in s.db[table].indexes}
