@@ -17,6 +17,7 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -137,6 +138,9 @@ class Daemon:
         # The start-up is retried by the next job that runs once this backoff allows it.
         self.startup_retry = RetryBackoff(settings.ingest_check_seconds, STARTUP_RETRY_CAP_SECONDS)
         self.skips_logged: set[str] = set()  # jobs whose skip is logged, until their run ends
+        # Skipped runs, noted in the scheduler's thread (which must never wait on the database)
+        # and recorded by the next write of a job or of the heartbeat.
+        self.skipped_runs: deque[tuple] = deque(maxlen=1000)
 
     # ---- life cycle
 
@@ -286,12 +290,13 @@ class Daemon:
 
     def _run_skipped(self, job_id: str) -> None:
         """A run not started because the job's last one is still running (or waits for the
-        worker thread): every skip is recorded, the first of each such run logged."""
+        worker thread): every skip is recorded, the first of each such run logged. This runs in
+        the scheduler's thread, so the record waits for the next write (see _record)."""
         if job_id not in self.skips_logged:
             self.skips_logged.add(job_id)
             log.info("job %s skipped: its previous run is still running or waiting for the worker "
                      "(further skips are recorded as job events, not logged, until it ends)", job_id)
-        self._record(job_id, "skipped", None, None)
+        self.skipped_runs.append((job_id, "skipped", None, None))
 
     def _job_failed(self, job_id: str, exc: BaseException) -> None:
         error = f"{type(exc).__name__}: {exc}"
@@ -300,10 +305,15 @@ class Daemon:
                   job_id, error)
         self._record(job_id, "error", error, None)
 
-    def _record(self, job_id: str, kind: str, error: str | None, duration: float | None) -> None:
-        """Record a job event; events the store refuses are kept and recorded with the next one."""
+    def _record(self, job_id: str | None, kind: str | None = None, error: str | None = None,
+                duration: float | None = None) -> None:
+        """Record a job event (none: only those waiting); events the store refuses are kept and
+        recorded with the next one, after the skipped runs noted meanwhile."""
         with self.events_lock:
-            self.unrecorded_events.append((job_id, kind, error, duration))
+            while self.skipped_runs:
+                self.unrecorded_events.append(self.skipped_runs.popleft())
+            if job_id is not None:
+                self.unrecorded_events.append((job_id, kind, error, duration))
             del self.unrecorded_events[:-1000]
             try:
                 while self.unrecorded_events:
@@ -323,6 +333,8 @@ class Daemon:
             self.store.heartbeat(os.getpid(), socket.gethostname(), next_jobs, state)
         except StoreError as exc:
             log.warning("heartbeat not written: %s", exc)
+            return
+        self._record(None)  # the skipped runs noted since the last write, and any kept events
 
     # ---- the jobs
 
