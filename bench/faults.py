@@ -5,12 +5,13 @@
 A real daemon (the tests' tiny model) is killed with SIGKILL `--kills` times, spread over four
 phases (training, checkpoint writing, ingest, tweet writing), from outside at a random delay
 after the phase starts or at a crash point inside it; some cycles also meet NaN losses, a
-locked database, a full disk or a garbage checkpoint first. After every kill the database must
-pass PRAGMA integrity_check, the newest checkpoint must load, the ingests must run on from byte
-0 without a gap or an overlap, and every tweet seen before the kill must still be there; after
-every restart no run of a dead daemon may still say 'running'. A last daemon then ingests
-everything. Prints faults by kind, restarts, lines appended vs ingested, tweets before vs after,
-checks passed; data lost must be 0. About 6 s per kill on a 2-core machine.
+locked database, a full disk or a garbage checkpoint first, and some a `tweetgen append` over
+a file size limit, which must fail and leave the corpus byte-identical. After every kill the
+database must pass PRAGMA integrity_check, the newest checkpoint must load, the ingests must run
+on from byte 0 without a gap or an overlap, and every tweet seen before the kill must still be
+there; after every restart no run of a dead daemon may still say 'running'. A last daemon then
+ingests everything. Prints faults by kind, restarts, lines appended vs ingested, tweets before
+vs after, failed appends, checks passed; data lost must be 0. About 6 s per kill on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -46,11 +47,14 @@ def table(report: Report, seed: int) -> str:
         f"tweets seen before the last kill          {report.samples_before:>7}",
         f"tweets at the end                         {report.samples_after:>7}",
         f"tweets lost                               {report.samples_lost:>7}",
+        f"appends failed under a file size limit    {report.failed_appends:>7}",
+        f"  corpus byte-identical after them        {report.failed_appends_intact:>7}",
         f"integrity and consistency checks passed   {report.checks_passed:>7}",
         f"checks failed                             {len(report.failures):>7}",
     ]
     lines += [f"  FAILED: {failure}" for failure in report.failures]
-    lines.append(f"data lost: {abs(lost_lines) + report.samples_lost} (target 0)")
+    torn = report.failed_appends - report.failed_appends_intact
+    lines.append(f"data lost: {abs(lost_lines) + report.samples_lost + torn} (target 0)")
     return "\n".join(lines)
 
 

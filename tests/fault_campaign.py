@@ -18,7 +18,10 @@ sends itself SIGKILL when it reaches that point for the Nth time; see tweetgen.f
 Some cycles also meet other faults before their kill (each drawn with its own probability):
 NaN losses in the first training steps (TWEETGEN_FAULT_NAN_STEPS), the database locked by
 another writer for a second or two, the disk full for a second or two (the daemon's file size
-limit lowered to 1 byte with prlimit), and a garbage file named like a newer checkpoint.
+limit lowered to 1 byte with prlimit), and a garbage file named like a newer checkpoint. Before
+the first daemon start and some later ones (drawn from a second generator, so the kills stay
+those of the seed), a `tweetgen append` runs under a file size limit its batch does not fit:
+it must fail, say so, and leave the corpus byte-identical.
 
 At the end a daemon runs without faults until every complete line is ingested and new tweets
 are stored; the ingests must then cover every complete line of the corpus exactly once.
@@ -32,6 +35,7 @@ import resource
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -70,6 +74,7 @@ db_busy_timeout_seconds = 0.5
 """
 # Other faults a cycle may meet before its kill, with their probabilities.
 EXTRAS = {"nan losses": 0.15, "database locked": 0.15, "disk full": 0.15, "garbage checkpoint": 0.1}
+APPEND_OVER_LIMIT = 0.25  # the chance of a `tweetgen append` over a file size limit per cycle
 GARBAGE = "ckpt-99999999.npz"
 WORDS = "the cat dog sat ran on a mat log fast slow big red fox jumps over lazy hen".split()
 
@@ -85,6 +90,8 @@ class Report:
     samples_before: int = 0  # tweets seen before the last kill
     samples_after: int = 0  # tweets in the database at the end
     samples_lost: int = 0
+    failed_appends: int = 0  # `tweetgen append` runs a file size limit made fail
+    failed_appends_intact: int = 0  # of them, those that left the corpus byte-identical
     checks_passed: int = 0
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -109,6 +116,7 @@ class KillCampaign:
         self.seen: dict[int, str] = {}  # tweets seen so far: id -> text
         self.partial = b""  # the rest of a line written without its newline
         self.counter = 0
+        self.append_rng = random.Random(f"{seed}-append")  # the limited appends: apart from the kills
 
     # ---- the campaign
 
@@ -127,6 +135,8 @@ class KillCampaign:
         how, target, limit = self.rng.choice(PHASES[phase])
         extras = [name for name, chance in EXTRAS.items() if self.rng.random() < chance]
         self.append_some()
+        if not self.report.failed_appends or self.append_rng.random() < APPEND_OVER_LIMIT:
+            self.append_over_file_limit()
         env = {}
         if how == "point":
             env[KILL_ENV] = f"{target}:{self.rng.randint(1, int(limit))}"
@@ -335,6 +345,26 @@ class KillCampaign:
             self.partial = line[cut:]
         with open(self.corpus, "ab") as handle:
             handle.write(b"".join(raw))
+
+    def append_over_file_limit(self) -> None:
+        """`tweetgen append` of a batch bigger than its file size limit allows: all or nothing."""
+        before = self.corpus.read_bytes()
+        limit = len(before) + self.append_rng.randint(1, 4000)
+        batch = "".join(f"over the limit {i} {self.append_rng.choice(WORDS)}\n" for i in range(400))
+
+        def limit_file_size() -> None:  # in the child: a write past the limit fails with EFBIG
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+        result = subprocess.run([sys.executable, "-m", "tweetgen.cli", "--home", str(self.home), "append"],
+                                input=batch, capture_output=True, text=True, timeout=60,
+                                preexec_fn=limit_file_size)
+        self.report.failed_appends += 1
+        intact = self.corpus.read_bytes() == before
+        self.report.failed_appends_intact += intact
+        self.report.check(result.returncode == 2 and "nothing was added" in result.stderr and intact,
+                          f"append over a {limit}-byte limit: exit {result.returncode}, corpus "
+                          f"{'intact' if intact else 'CHANGED'}: {result.stderr.strip()[-300:]}")
 
     def finish_partial(self) -> None:
         if self.partial:

@@ -142,7 +142,7 @@ def test_crash_mid_write_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
     stale.write_bytes(encode_checkpoint({"step": 2}, [], [])[:50])
     assert steps_of(manager) == [1]
     assert manager.load_latest().step == 1
-    CheckpointManager(tmp_path)  # the next start clears it
+    assert CheckpointManager(tmp_path).remove_stale_temp_files() == [stale]  # the next start's
     assert not stale.exists()
     assert [p.name for p in tmp_path.iterdir()] == [checkpoint_name(1)]
 
@@ -281,5 +281,25 @@ def test_temp_file_of_a_live_writer_is_kept_and_a_dead_ones_removed(tmp_path) ->
                               capture_output=True, text=True).stdout.strip()
     dead = tmp_path / f".ckpt-00000002.npz.tmp-{dead_pid}"
     dead.write_bytes(b"left by a crash")
-    CheckpointManager(tmp_path)
+    CheckpointManager(tmp_path).remove_stale_temp_files()
     assert live.exists() and not dead.exists()
+
+
+def test_readers_never_delete_only_the_instance_lock_holder_cleans(make_settings, tmp_path) -> None:
+    """Making a manager, /api/status and generating delete nothing in the checkpoint folder (a
+    reader in another PID namespace would take a live writer's temp file for a dead one); the
+    process that takes the instance lock removes what a crash left."""
+    from tweetgen import engine
+    from tweetgen.daemon import InstanceLock
+    from tweetgen.status import daemon_status
+
+    settings, manager, _ = _trained_checkpoints(make_settings, tmp_path)
+    left = settings.checkpoints / f".{checkpoint_name(9)}.tmp-{2**22 + 1}"  # above any pid_max
+    left.write_bytes(b"a writer's temp file, its pid not visible here")
+    CheckpointManager(settings.checkpoints, settings.keep_checkpoints)
+    daemon_status(settings)
+    engine.open_generator(settings)
+    assert left.exists()
+    with InstanceLock(settings):
+        assert not left.exists()
+    assert steps_of(manager) == [3, 6]

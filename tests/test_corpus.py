@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -243,6 +245,57 @@ def test_concurrent_appends_never_interleave(tmp_path: Path) -> None:
         tag = head.split("-")[0]
         assert body == tag * 3000
     assert read_lines(path).rejected == {}
+
+
+LIMITED_APPEND = """
+import resource, signal, sys
+from pathlib import Path
+from tweetgen.corpus import CorpusWriteError, append_lines
+path, limit = Path(sys.argv[1]), int(sys.argv[2])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    append_lines(path, [f"line {i} of a batch too big for the limit" for i in range(2000)])
+except CorpusWriteError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("start", [b"done\n", b"done\npartial"])
+def test_a_failed_append_leaves_the_corpus_byte_identical(tmp_path: Path, start: bytes) -> None:
+    """Under a real file size limit the batch fails part way: the file is cut back to what it
+    was, so a retry neither duplicates lines nor turns a fragment into a line."""
+    path = tmp_path / "c.txt"
+    path.write_bytes(start)
+    limit = len(start) + 10_000
+    result = subprocess.run([sys.executable, "-c", LIMITED_APPEND, str(path), str(limit)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert path.read_bytes() == start
+    assert "nothing was added" in result.stdout and str(path) in result.stdout
+    append_lines(path, ["retry"])  # without the limit the same file takes the next batch whole
+    assert path.read_bytes() == start + (b"" if start.endswith(b"\n") else b"\n") + b"retry\n"
+
+
+def test_tweetgen_append_says_a_failed_batch_was_not_added(tmp_path: Path) -> None:
+    corpus_file = tmp_path / "data" / "corpus.txt"
+    corpus_file.parent.mkdir()
+    corpus_file.write_bytes(b"already here\n")
+
+    def limit_file_size() -> None:  # in the child, before it runs: SIGXFSZ ignored, a 5 kB limit
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (5_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    batch = "".join(f"appended line number {i}\n" for i in range(1000))
+    result = subprocess.run([sys.executable, "-m", "tweetgen.cli", "--home", str(tmp_path), "append"],
+                            input=batch, capture_output=True, text=True, timeout=60,
+                            preexec_fn=limit_file_size)
+    assert result.returncode == 2
+    assert corpus_file.read_bytes() == b"already here\n"
+    (message,) = result.stderr.strip().splitlines()
+    assert message.startswith("tweetgen: error: could not append to corpus")
+    assert "nothing was added" in message
 
 
 # ---------------------------------------------------------------- fortunes

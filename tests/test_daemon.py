@@ -91,9 +91,17 @@ def test_sigterm_mid_training_checkpoints_and_kill9_resumes(tmp_path: Path) -> N
     try:
         wait_for(lambda: ckpts.is_dir() and list(ckpts.glob("ckpt-*.npz")), what="a checkpoint",
                  proc=daemon)
+        # The 1 s new-lines check cannot start while the initial training runs: each skipped
+        # run is a job event, and only the first is logged (at INFO, not APScheduler's WARNING).
+        wait_for(lambda: query(home, "select count(*) n from job_events where job_id = 'new-lines' "
+                                     "and event = 'skipped'")[0]["n"] >= 3,
+                 timeout=30, what="skipped new-lines runs recorded", proc=daemon)
         time.sleep(0.5)
     finally:
         assert stop(daemon) == 0
+    log = (home / "daemon.log").read_text()
+    assert log.count("INFO tweetgen.daemon: job new-lines skipped: its previous run is still running") == 1
+    assert "maximum number of running instances" not in log
     run = query(home, "select * from runs")[0]
     assert run["status"] == "interrupted"
     steps = sorted(int(p.stem.split("-")[1]) for p in ckpts.glob("ckpt-*.npz"))
@@ -120,5 +128,27 @@ def test_sigterm_mid_training_checkpoints_and_kill9_resumes(tmp_path: Path) -> N
         assert statuses[:2] == ["interrupted", "crashed"]
         crashed = query(home, "select error from runs where status='crashed'")[0]
         assert "process died" in crashed["error"]
+    finally:
+        assert stop(daemon) == 0
+
+
+def test_a_failing_start_up_is_retried_with_backoff_then_recovers(tmp_path: Path) -> None:
+    home = make_home(tmp_path)
+    corpus = home / "data" / "corpus.txt"
+    corpus.write_text("   \n\n")  # no usable line: the initial training cannot start
+    daemon = start_daemon(home)
+    try:
+        # Jobs tick every second; the retries come after 1, 2, 4 then 8 s, not at every tick.
+        wait_for(lambda: "the start-up failed 4 time(s) in a row: next try in 8 s" in
+                 (home / "daemon.log").read_text(), timeout=60, what="a fourth failed start-up",
+                 proc=daemon)
+        log = (home / "daemon.log").read_text()
+        for failures, delay in ((1, 1), (2, 2), (3, 4)):
+            assert f"failed {failures} time(s) in a row: next try in {delay} s" in log
+        errors = query(home, "select * from job_events where event = 'error'")
+        assert len(errors) == 4 and all("no usable lines" in e["error"] for e in errors)
+        tweetgen(home, "append", *[f"the cat sat on mat number {i}" for i in range(50)])
+        wait_for(lambda: query(home, "select count(*) n from samples")[0]["n"] > 0, timeout=90,
+                 what="tweets once the corpus has lines", proc=daemon)
     finally:
         assert stop(daemon) == 0

@@ -51,6 +51,7 @@ def test_twenty_kill9s_lose_nothing(tmp_path: Path) -> None:
     assert report.failures == []
     assert report.samples_lost == 0 and report.samples_after > report.samples_before > 0
     assert report.lines_ingested == report.lines_appended > 200
+    assert report.failed_appends_intact == report.failed_appends > 0
     assert report.fallbacks <= 2  # nearly every crash point was reached where it was meant to be
 
 

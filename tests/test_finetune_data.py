@@ -63,3 +63,44 @@ def test_finetune_data_is_streamed_bounded_and_rebuilt_identically(make_settings
     assert _texts(build_data(settings, vocab, job)) == _texts(data)
     job.validation_base = None
     assert build_data(settings, vocab, job).validation_lines == data.validation_lines
+
+
+def test_the_replay_share_counts_only_lines_appended_since_the_last_fine_tune(
+        make_settings, tmp_path, monkeypatch) -> None:
+    """Every fine-tune needs the number of lines before its new ones; it used to count them
+    from byte 0 each time. Counted ranges are noted; the real count runs."""
+    counted: list[tuple[int, int]] = []
+    real = corpus.count_lines
+    monkeypatch.setattr(corpus, "count_lines",
+                        lambda path, start, stop: counted.append((start, stop)) or real(path, start, stop))
+    settings = make_settings(tmp_path, finetune_max_steps=3, batch_size=4)
+    lines = varied_lines(300)
+    write_corpus(settings.corpus_file, lines[:100])
+    vocab = Vocab.build(lines)
+    ends = [corpus.complete_end(settings.corpus_file)]
+    for chunk in (lines[100:200], lines[200:]):
+        corpus.append_lines(settings.corpus_file, chunk)
+        ends.append(corpus.complete_end(settings.corpus_file))
+    for start, end in zip(ends, ends[1:]):
+        data = build_data(settings, vocab, TrainJob("finetune", 5, start, end, 20, replay_ratio=1.0,
+                                                    validation_base=[]))
+        assert data.replay_lines > 0
+    assert counted == [(0, ends[0]), (ends[0], ends[1])]
+    assert corpus.lines_before(settings.corpus_file, ends[1]) == 200
+
+
+def test_lines_waiting_without_a_cursor_counts_from_the_last_count(tmp_path, monkeypatch) -> None:
+    """A /metrics scrape or status before the first ingest: counted from byte 0 once, then only
+    what was appended; a replaced file is counted again from 0."""
+    path = write_corpus(tmp_path / "c.txt", varied_lines(50))
+    read: list[tuple[int, int]] = []
+    real = corpus.count_lines
+    monkeypatch.setattr(corpus, "count_lines",
+                        lambda p, start, stop: read.append((start, stop)) or real(p, start, stop))
+    size = path.stat().st_size
+    assert corpus.lines_waiting(path, None) == 50
+    corpus.append_lines(path, ["one more", "and another"])
+    assert corpus.lines_waiting(path, None) == 52
+    assert read == [(0, size), (size, path.stat().st_size)]
+    write_corpus(path, varied_lines(60)[10:])  # replaced: the same size or not, counted again
+    assert corpus.lines_waiting(path, None) == 50

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import sqlite3
@@ -216,6 +217,21 @@ def test_corpus_append_validates_and_counts(client, settings):
                                "rejected_reasons": {"empty": 1, "invalid utf-8": 1}}
     added = settings.corpus_file.read_bytes()[len(before):]
     assert added == b"a fresh line from the api\ntwo\nlines\n"
+
+
+def test_corpus_append_refused_by_the_disk_is_a_507_and_adds_nothing(client, settings):
+    before = settings.corpus_file.read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    lines = [f"a line of a batch too big for the disk {i}" for i in range(2000)]
+    # A real file size limit on this process (the server runs in it), for this one request.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) + 10_000, hard))
+    try:
+        response = client.post("/api/corpus", json={"lines": lines})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert settings.corpus_file.read_bytes() == before
+    assert response.status_code == 507, response.text
+    assert "nothing was added" in response.json()["error"]
 
 
 @pytest.mark.parametrize("body, field", [

@@ -119,7 +119,8 @@ def test_newer_schema_version_is_refused(tmp_path: Path, monkeypatch):
     with pytest.raises(StoreError) as info:
         Store(path)
     assert str(info.value) == (
-        f"db/x.db has schema version {newer}, newer than this tweetgen ({SCHEMA_VERSION}): upgrade tweetgen"
+        f"db/x.db has schema version {newer}, newer than this tweetgen ({SCHEMA_VERSION}): "
+        "upgrade tweetgen"
     )
 
 
@@ -603,3 +604,40 @@ def test_a_version_1_database_migrates_to_the_current_schema(db_path: Path):
     with Store(db_path) as s:
         assert s.get_meta("schema_version") == str(SCHEMA_VERSION)
         assert s.get_run(1)["kind"] == "initial"
+
+
+# --- the /metrics scrape --------------------------------------------------------
+
+
+def test_a_metrics_scrape_reads_indexes_not_the_tables(store: Store, make_settings, tmp_path: Path):
+    """The scrape counts samples and job events at every poll: it must read narrow indexes
+    (and find each job's last duration by an index search), never scan those tables."""
+    from tweetgen.web.metrics import StoreCollector
+
+    store.record_job_event("generate", "executed", duration_s=1.5)
+    statements: list[str] = []
+    store.db.conn.set_trace_callback(statements.append)
+    try:
+        list(StoreCollector(make_settings(tmp_path), store).collect())
+    finally:
+        store.db.conn.set_trace_callback(None)
+    plans = {}
+    for sql in statements:
+        if sql.lstrip().upper().startswith("SELECT") and ("samples" in sql or "job_events" in sql):
+            plans[sql] = [row[3] for row in store.db.execute("EXPLAIN QUERY PLAN " + sql).fetchall()]
+    assert len(plans) == 3, plans  # tweets by status, job durations, job events
+    for sql, plan in plans.items():
+        scans = [step for step in plan if step.startswith("SCAN") and "COVERING INDEX" not in step
+                 and "USING INDEX idx_job_events" not in step]
+        assert not scans, f"{sql}: {plan}"
+
+
+def test_a_version_2_database_gets_the_metrics_indexes(db_path: Path):
+    with Store(db_path) as s:
+        s.db.execute("DROP INDEX idx_job_events_job_id_event")
+        s.db.execute("DROP INDEX idx_samples_status_source")
+        s.set_meta("schema_version", "2")
+    with Store(db_path) as s:
+        assert s.get_meta("schema_version") == str(SCHEMA_VERSION)
+        assert {"idx_job_events_job_id_event", "idx_samples_status_source"} <= {
+            index.name for table in ("job_events", "samples") for index in s.db[table].indexes}

@@ -104,20 +104,31 @@ def process_alive(pid: int) -> bool:
 
 
 class CheckpointManager:
-    """The checkpoint folder: rotation keeps the last `keep`, the best and the promoted one."""
+    """The checkpoint folder: rotation keeps the last `keep`, the best and the promoted one.
+
+    Making one deletes nothing: readers (status, generate, the HTTP API) make one for every
+    request and may run in another PID namespace or on another host sharing the folder, where
+    a writer's temp file looks abandoned. Only the holder of the instance lock cleans up.
+    """
 
     def __init__(self, directory: Path, keep: int = 3) -> None:
         self.directory = Path(directory)
         self.keep = keep
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._remove_stale_temp_files()
 
-    def _remove_stale_temp_files(self) -> None:
-        """Remove what a crash left mid-write; never a file another live process is writing."""
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Remove what a crash left mid-write; the removed files. Call it only while holding the
+        instance lock (the daemon, `tweetgen train`): then no other tweetgen writer is running
+        here, and a temp file of a live local process is still kept, in case one is."""
+        removed = []
         for tmp in self.directory.glob(".*.tmp-*"):
             pid = tmp.name.rsplit("-", 1)[-1]
             if not (pid.isdigit() and process_alive(int(pid))):
                 tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+        if removed:
+            log.info("removed %d temporary files a crash left in %s", len(removed), self.directory)
+        return removed
 
     def paths(self) -> list[Path]:
         """Checkpoint files, oldest first."""

@@ -15,6 +15,7 @@ import random
 import re
 import sys
 import sysconfig
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -193,6 +194,30 @@ def count_lines(path: Path, start: int, stop: int) -> int:
     return count
 
 
+# The last count of each file's lines from byte 0: (offset, newlines before it, file identity).
+_prefix_counts: dict[Path, tuple[int, int, dict]] = {}
+_prefix_lock = threading.Lock()
+
+
+def lines_before(path: Path, offset: int) -> int:
+    """Newlines in bytes [0, offset), reading only the bytes after this process's last count of
+    the file when the file still holds what that count read. Every fine-tune (its replay share)
+    and a /metrics scrape with no cursor ask again as the corpus grows: without this, each read
+    the whole corpus again."""
+    key = Path(path).absolute()
+    with _prefix_lock:
+        cached = _prefix_counts.get(key)
+    start, count = 0, 0
+    if cached and 0 < cached[0] <= offset and check_identity(path, cached[0], cached[2]) is None:
+        start, count = cached[0], cached[1]
+    count += count_lines(path, start, offset)
+    if offset > start:
+        identity = file_identity(path, offset)
+        with _prefix_lock:
+            _prefix_counts[key] = (offset, count, identity)
+    return count
+
+
 def sample_lines(path: Path, end: int, count: int, rng: random.Random,
                  keep: Callable[[str], bool] = lambda text: True) -> list[str]:
     """`count` clean lines drawn at random, with replacement, from the complete lines before byte
@@ -240,6 +265,8 @@ def lines_waiting(path: Path, cursor: dict | None) -> int:
     try:
         if offset and check_identity(path, offset, cursor["identity"]) is not None:
             offset = 0
+        if offset == 0:  # nothing ingested yet: counted from the last count, not from byte 0
+            return lines_before(path, path.stat().st_size) if path.is_file() else 0
         return count_lines_after(path, offset)
     except OSError:  # missing, a directory, or removed while being read
         return 0
@@ -314,25 +341,60 @@ def _to_bytes(line: str | bytes) -> bytes:
         return line.encode("utf-8", "surrogatepass")
 
 
+class CorpusWriteError(CorpusError):
+    """An append the file system refused (disk full, file size limit): nothing of it was kept."""
+
+
 def append_lines(path: Path, lines: Iterable[str | bytes]) -> AppendResult:
-    """Validate, then append under an exclusive lock with fsync, so writers never interleave."""
+    """Validate, then append under an exclusive lock with fsync, so writers never interleave.
+
+    All or nothing: if the write fails part way (disk full, file size limit), the file is cut
+    back to its size before the append and CorpusWriteError says nothing was added, so a retry
+    neither duplicates lines nor turns a fragment into one.
+    """
     kept, rejected = validate_lines(lines)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_dir():
         raise CorpusError(f"corpus {path} is a directory, not a file; move it away")
-    with open(path, "ab") as handle:
+    # Unbuffered: a failed write leaves nothing in a buffer for close() to write after the cut.
+    with open(path, "ab", buffering=0) as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
+            start = os.fstat(handle.fileno()).st_size  # another writer may have grown it meanwhile
             data = "".join(text + "\n" for text in kept).encode("utf-8")
-            if data and handle.tell() > 0 and not _ends_with_newline(path):
+            if data and start > 0 and not _ends_with_newline(path):
                 data = b"\n" + data  # finish a stray partial line rather than glue onto it
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-            end = handle.tell()
+            try:
+                _write_all(handle, data)
+                os.fsync(handle.fileno())
+            except OSError as exc:
+                _cut_back(handle, start)
+                raise CorpusWriteError(
+                    f"could not append to corpus {path} ({exc.strerror or exc}): nothing was added "
+                    f"(the file is as it was); free disk space or raise the file size limit, then "
+                    f"append the {len(kept)} lines again") from exc
+            end = start + len(data)
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
     return AppendResult(len(kept), rejected, end)
+
+
+def _write_all(handle, data: bytes) -> None:
+    """Write every byte (an unbuffered write may take only part and raise at the next one)."""
+    view = memoryview(data)
+    while view:
+        written = handle.write(view)
+        view = view[written:]
+
+
+def _cut_back(handle, size: int) -> None:
+    """Truncate a failed append away and make the cut durable; a failure here is logged, as the
+    write's own error is the one to report."""
+    try:
+        os.ftruncate(handle.fileno(), size)
+        os.fsync(handle.fileno())
+    except OSError as exc:
+        log.error("could not cut corpus back to %d bytes after a failed append: %s", size, exc)
 
 
 def _ends_with_newline(path: Path) -> bool:

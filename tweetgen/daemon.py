@@ -27,15 +27,18 @@ from typing import Any
 
 from apscheduler.events import (
     EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
+    EVENT_JOB_MAX_INSTANCES,
     EVENT_JOB_MISSED,
     EVENT_JOB_SUBMITTED,
-    JobExecutionEvent,
+    JobEvent,
     JobSubmissionEvent,
 )
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from . import corpus
+from .checkpoints import CheckpointManager
 from .config import ConfigError, Settings
 from .errors import KNOWN_ERRORS, LockError
 from .store import Store, StoreError
@@ -44,13 +47,50 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = ".tweetgen.lock"
 UNBOUNDED_STEPS = 2**61  # a time-budgeted job has no step target
+STARTUP_RETRY_CAP_SECONDS = 600.0  # a start-up that keeps failing is tried at least this often
+
+
+class RetryBackoff:
+    """When to try a failing thing again: after `first` seconds, then twice as long after each
+    failure in a row, at most `cap`; a success starts over."""
+
+    def __init__(self, first: float, cap: float) -> None:
+        self.first, self.cap = first, max(first, cap)
+        self.failures = 0
+        self.due_at = 0.0  # time.monotonic() from which the next try may run
+
+    def due(self, now: float) -> bool:
+        return now >= self.due_at
+
+    def failed(self, now: float) -> float:
+        """Count a failure; the seconds until the next try."""
+        self.failures += 1
+        delay = min(self.cap, self.first * 2 ** (self.failures - 1))
+        self.due_at = now + delay
+        return delay
+
+    def succeeded(self) -> None:
+        self.failures, self.due_at = 0, 0.0
+
+
+class SkippedRunFilter(logging.Filter):
+    """Drops APScheduler's WARNING for a run skipped because the job's last run is still going:
+    the daemon records every such skip and logs the first of each run at INFO instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "skipped: maximum number of running instances" not in str(record.msg)
+
+
+SKIPPED_RUN_FILTER = SkippedRunFilter()
 
 
 class InstanceLock:
-    """Exclusive flocks on the checkpoint folder and the database: one writer per instance."""
+    """Exclusive flocks on the checkpoint folder and the database: one writer per instance.
+    Its holder is the one process that cleans the checkpoint folder of temp files a crash left."""
 
     def __init__(self, settings: Settings) -> None:
         db = settings.db_file
+        self.checkpoints = settings.checkpoints
         self.paths = [settings.checkpoints / LOCK_NAME, db.with_name(db.name + ".lock")]
         self._handles: list[Any] = []
 
@@ -72,6 +112,7 @@ class InstanceLock:
             handle.write(str(os.getpid()))
             handle.flush()
             self._handles.append(handle)
+        CheckpointManager(self.checkpoints).remove_stale_temp_files()
         return self
 
     def release(self) -> None:
@@ -104,6 +145,12 @@ class Daemon:
         self.submitted: dict[str, deque[datetime]] = defaultdict(deque)
         self.started_early: Counter[str] = Counter()
         self.queue_lock = threading.Lock()
+        # The start-up is retried by the next job that runs once this backoff allows it.
+        self.startup_retry = RetryBackoff(settings.ingest_check_seconds, STARTUP_RETRY_CAP_SECONDS)
+        self.skips_logged: set[str] = set()  # jobs whose skip is logged, until their run ends
+        # Skipped runs, noted in the scheduler's thread (which must never wait on the database)
+        # and recorded by the next write of a job or of the heartbeat.
+        self.skipped_runs: deque[tuple] = deque(maxlen=1000)
 
     # ---- life cycle
 
@@ -174,7 +221,9 @@ class Daemon:
                           "misfire_grace_time": s.misfire_grace_seconds},
             timezone=UTC,
         )
-        scheduler.add_listener(self._on_job_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED)
+        scheduler.add_listener(self._on_job_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED
+                               | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_EXECUTED)
+        logging.getLogger("apscheduler.scheduler").addFilter(SKIPPED_RUN_FILTER)  # added once
         scheduler.add_listener(self._on_submitted, EVENT_JOB_SUBMITTED)
         return scheduler
 
@@ -210,6 +259,8 @@ class Daemon:
                 if job_id == "idle" and not self.trained:
                     return  # the start-up is retried by the scheduled jobs, not by idle checks
                 if job_id != "startup" and not self.trained:
+                    if not self.startup_retry.due(time.monotonic()):
+                        return  # the failed start-up waits out its backoff; nothing else runs
                     log.warning("the start-up did not finish (%s): retrying it now", why)
                     run = self.startup_job
                 started = time.monotonic()
@@ -218,6 +269,9 @@ class Daemon:
                         self._record(job_id, "executed", None, time.monotonic() - started, delay)
                 except KNOWN_ERRORS as exc:  # explained in one line; others keep their traceback
                     self._job_failed(job_id, exc)
+                finally:
+                    if run == self.startup_job:
+                        self._startup_tried()
 
         return job
 
@@ -257,12 +311,39 @@ class Daemon:
         with self.queue_lock:
             return any(self.submitted.values())
 
-    def _on_job_event(self, event: JobExecutionEvent) -> None:
+    def _startup_tried(self) -> None:
+        """Back off after a start-up that failed (not after one a stop cut short)."""
+        if self.trained:
+            self.startup_retry.succeeded()
+        elif not self.stop_event.is_set():
+            delay = self.startup_retry.failed(time.monotonic())
+            log.warning("the start-up failed %d time(s) in a row: next try in %.0f s or later",
+                        self.startup_retry.failures, delay)
+
+    def _on_job_event(self, event: JobEvent) -> None:
         if event.code == EVENT_JOB_MISSED:
             log.warning("job %s missed its run time %s", event.job_id, event.scheduled_run_time)
             self._record(event.job_id, "missed", None, None)
+        elif event.code == EVENT_JOB_MAX_INSTANCES:
+            self._run_skipped(event.job_id)
+        elif event.code == EVENT_JOB_EXECUTED:
+            self.skips_logged.discard(event.job_id)  # its run ended: the next skip is news again
         else:
+            self.skips_logged.discard(event.job_id)
             self._job_failed(event.job_id, event.exception)
+
+    def _run_skipped(self, job_id: str) -> None:
+        """A run not started because the job's last one is still running (or waits for the
+        worker thread): every skip is recorded, the first of each such run logged. This runs in
+        the scheduler's thread, so the record waits for the next write (see _record). Idle
+        training's checks are not: one waiting is as good as several."""
+        if job_id == "idle":
+            return
+        if job_id not in self.skips_logged:
+            self.skips_logged.add(job_id)
+            log.info("job %s skipped: its previous run is still running or waiting for the worker "
+                     "(further skips are recorded as job events, not logged, until it ends)", job_id)
+        self.skipped_runs.append((job_id, "skipped", None, None))
 
     def _job_failed(self, job_id: str, exc: BaseException) -> None:
         error = f"{type(exc).__name__}: {exc}"
@@ -271,11 +352,15 @@ class Daemon:
                   job_id, error)
         self._record(job_id, "error", error, None)
 
-    def _record(self, job_id: str, kind: str, error: str | None, duration: float | None,
-                delay: float | None = None) -> None:
-        """Record a job event; events the store refuses are kept and recorded with the next one."""
+    def _record(self, job_id: str | None, kind: str | None = None, error: str | None = None,
+                duration: float | None = None, delay: float | None = None) -> None:
+        """Record a job event (none: only those waiting); events the store refuses are kept and
+        recorded with the next one, after the skipped runs noted meanwhile."""
         with self.events_lock:
-            self.unrecorded_events.append((job_id, kind, error, duration, delay))
+            while self.skipped_runs:
+                self.unrecorded_events.append(self.skipped_runs.popleft())
+            if job_id is not None:
+                self.unrecorded_events.append((job_id, kind, error, duration, delay))
             del self.unrecorded_events[:-1000]
             try:
                 while self.unrecorded_events:
@@ -295,6 +380,8 @@ class Daemon:
             self.store.heartbeat(os.getpid(), socket.gethostname(), next_jobs, state)
         except StoreError as exc:
             log.warning("heartbeat not written: %s", exc)
+            return
+        self._record(None)  # the skipped runs noted since the last write, and any kept events
 
     # ---- the jobs
 

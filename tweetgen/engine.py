@@ -19,9 +19,9 @@ import numpy as np
 from . import corpus
 from .checkpoints import Checkpoint, CheckpointError, CheckpointManager, load_checkpoint, read_meta
 from .config import Settings
+from .corpus_index import shared_index
 from .generate import Generator, Sample
 from .model import CharGRU
-from .novelty import NoveltyIndex
 from .promotion import ServedModel
 from .store import Store, StoreError
 from .train import StepLog, bits_per_char, encode_lines
@@ -280,8 +280,9 @@ def open_generator(settings: Settings, checkpoint: str | None = None,
     ckpt, model, vocab = load_usable_checkpoint(checkpoint_manager(settings), checkpoint)
     novelty = None
     if with_novelty and settings.corpus_file.exists():
-        novelty = NoveltyIndex.from_lines(corpus.read_lines(settings.corpus_file).lines,
-                                          settings.novelty_ngram)
+        index = shared_index(settings.corpus_file, settings.novelty_ngram)
+        index.update()
+        novelty = index.novelty
     generator = Generator(model, vocab, settings.max_tweet_chars, novelty, settings.max_line_chars)
     return generator, ckpt
 
@@ -350,14 +351,13 @@ def evaluate_file(settings: Settings, path: Path, checkpoint: str | None = None)
 
 class GeneratorCache:
     """The promoted checkpoint's generator, reloaded when another checkpoint is promoted;
-    its novelty index follows the corpus as lines are appended."""
+    its novelty index follows the corpus as lines are appended (the process's shared one)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.generator: Generator | None = None
         self.checkpoint: Checkpoint | None = None
-        self.indexed_to = 0
-        self.novelty = NoveltyIndex(settings.novelty_ngram)
+        self.corpus_index = shared_index(settings.corpus_file, settings.novelty_ngram)
         self.unsaved: list[dict] = []  # generated rows a failed database write left to store
         self.stamp: tuple = ()
 
@@ -370,8 +370,8 @@ class GeneratorCache:
             self.generator, self.checkpoint = self._load(manager)
             self.stamp = stamp
             log.info("generating from checkpoint %s (step %d)", self.checkpoint.name, self.checkpoint.step)
-        self._update_novelty()
-        self.generator.novelty = self.novelty
+        self.corpus_index.update()
+        self.generator.novelty = self.corpus_index.novelty
         return self.generator, self.checkpoint
 
     def _load(self, manager: CheckpointManager) -> tuple[Generator, Checkpoint]:
@@ -389,23 +389,17 @@ class GeneratorCache:
                 return self.generator, ckpt
         return open_generator(self.settings, with_novelty=False)
 
-    def _update_novelty(self) -> None:
-        path = self.settings.corpus_file
-        if not path.is_file():
-            return
-        for batch in corpus.iter_batches(path, self.indexed_to):
-            self.novelty.add(batch.lines)
-            self.indexed_to = batch.end
 
 
 def default_seeds(settings: Settings) -> list[str]:
-    """The configured seeds, else a few of the corpus's most common first words and ''."""
+    """The configured seeds, else a few of the corpus's most common first words and ''. The
+    words come from the shared corpus index, which reads only what was appended since its last
+    update (while a generator cache holds it, as the daemon's does)."""
     if settings.seeds:
         return list(settings.seeds)
-    path = settings.corpus_file
-    # Streamed, so a big corpus is never held in memory for this.
-    lines = (line for batch in corpus.iter_batches(path) for line in batch.lines) if path.is_file() else ()
-    return corpus.common_first_words(lines, 4) + [""]
+    index = shared_index(settings.corpus_file, settings.novelty_ngram)
+    index.update()
+    return index.common_first_words(4) + [""]
 
 
 def _mtime(path: Path | None) -> int | None:

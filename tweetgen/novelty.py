@@ -1,8 +1,14 @@
 """How much of a generated text copies the corpus.
 
 `copied`: the text equals a corpus line. `novelty`: the share of its n-character substrings
-(n = 20 by default) that appear nowhere in the corpus. The index keeps a sorted array of 64-bit
-hashes of every n-gram (8 bytes each), built with numpy, and line hashes for exact copies.
+(n = 20 by default) that appear nowhere in the corpus. The index keeps 64-bit hashes of every
+n-gram (8 bytes each) in a few sorted runs, and line hashes for exact copies.
+
+The runs make adding lines cheap as the corpus grows (a log-structured merge): new hashes are
+one small sorted run, and runs of similar size are merged, so each run is at least twice the
+size of the next and a hash is merged again only O(log n) times. Adding a few lines to an index
+of millions of n-grams therefore never copies or sorts the whole index; a lookup searches each
+of the at most log2(n) runs.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ def _line_key(text: str) -> bytes:
 class NoveltyIndex:
     def __init__(self, n: int = 20) -> None:
         self.n = n
-        self._ngrams = np.empty(0, np.uint64)
+        self._runs: list[np.ndarray] = []  # sorted, without repeats; sizes at least halve
         self._lines: set[bytes] = set()
 
     @classmethod
@@ -46,20 +52,24 @@ class NoveltyIndex:
         index.add(lines)
         return index
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the n-gram hashes (the line set adds about 100 bytes a line)."""
+        return sum(run.nbytes for run in self._runs)
+
     def add(self, lines: Iterable[str]) -> None:
-        parts = [self._ngrams]
+        hashes = []
         for line in lines:
             self._lines.add(_line_key(line))
-            parts.append(ngram_hashes(line, self.n))
-        # Sort the new hashes, merge them into the sorted index (a stable sort of two sorted runs
-        # is a linear merge), drop repeats. np.unique would hash the whole index again at every
-        # add: about 7 s for the 6M n-grams of 100k lines, paid at every daemon start.
-        new = np.sort(np.concatenate(parts[1:])) if len(parts) > 1 else parts[0][:0]
-        merged = np.sort(np.concatenate([self._ngrams, new]), kind="stable")
-        keep = np.empty(merged.size, bool)
-        keep[:1] = True
-        np.not_equal(merged[1:], merged[:-1], out=keep[1:])
-        self._ngrams = merged[keep]
+            hashes.append(ngram_hashes(line, self.n))
+        new = _unique_sorted(np.concatenate(hashes)) if hashes else np.empty(0, np.uint64)
+        if new.size == 0:
+            return
+        runs = [*self._runs, new]
+        while len(runs) > 1 and runs[-2].size <= 2 * runs[-1].size:
+            last = runs.pop()
+            runs.append(_merge(runs.pop(), last))
+        self._runs = runs  # one assignment: a score() in another thread sees old or new runs
 
     def score(self, text: str) -> tuple[bool, float]:
         """(copied, novelty). A text shorter than n is fully novel unless it is a copy."""
@@ -67,7 +77,26 @@ class NoveltyIndex:
         hashes = ngram_hashes(text, self.n)
         if hashes.size == 0:
             return copied, 0.0 if copied else 1.0
-        found = np.searchsorted(self._ngrams, hashes)
-        found = np.minimum(found, max(self._ngrams.size - 1, 0))
-        seen = self._ngrams[found] == hashes if self._ngrams.size else np.zeros(hashes.size, bool)
+        seen = np.zeros(hashes.size, bool)
+        for run in self._runs:
+            found = np.minimum(np.searchsorted(run, hashes), run.size - 1)
+            seen |= run[found] == hashes
         return copied, float(1.0 - seen.mean())
+
+
+def _unique_sorted(hashes: np.ndarray) -> np.ndarray:
+    hashes = np.sort(hashes)
+    return _drop_repeats(hashes)
+
+
+def _merge(older: np.ndarray, newer: np.ndarray) -> np.ndarray:
+    """Two sorted runs as one, without repeats. A stable sort of two sorted runs is a linear
+    merge (np.unique would hash everything again: about 7 s for the 6M n-grams of 100k lines)."""
+    return _drop_repeats(np.sort(np.concatenate([older, newer]), kind="stable"))
+
+
+def _drop_repeats(ordered: np.ndarray) -> np.ndarray:
+    keep = np.empty(ordered.size, bool)
+    keep[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]

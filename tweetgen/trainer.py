@@ -136,7 +136,7 @@ def build_data(settings: Settings, vocab: Vocab, job: TrainJob) -> TrainData:
                 new_train[slot] = line
     replay: list[str] = []
     if job.corpus_start and job.replay_ratio > 0 and new_train:
-        older = corpus.count_lines(path, 0, job.corpus_start) * (1 - fraction)
+        older = corpus.lines_before(path, job.corpus_start) * (1 - fraction)  # cached count
         count = min(math.ceil(job.replay_ratio * len(new_train)), int(older))
         replay = corpus.sample_lines(path, job.corpus_start, count, random.Random(f"{job.seed}-replay"),
                                      keep=lambda text: not corpus.is_validation(text, fraction))

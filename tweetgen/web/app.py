@@ -121,9 +121,12 @@ def create_app(settings: Settings, bind_host: str = "127.0.0.1") -> FastAPI:
 
     # ------------------------------------------------------------ writing and generating
 
-    @app.post("/api/corpus", response_model=CorpusAppended, tags=["corpus"], dependencies=writes)
+    @app.post("/api/corpus", response_model=CorpusAppended, tags=["corpus"], dependencies=writes,
+              responses={507: {"model": Error}})
     def append_corpus(body: CorpusRequest) -> dict[str, Any]:
-        """The validated, locked append of `tweetgen append`; bad lines are counted, not fatal."""
+        """The validated, locked append of `tweetgen append`; bad lines are counted, not fatal.
+        All or nothing: a batch the disk refuses (full, file size limit) is a 507 and the corpus
+        is left as it was."""
         result = corpus.append_lines(settings.corpus_file, body.lines)
         return {"added": result.added, "rejected": sum(result.rejected.values()),
                 "rejected_reasons": dict(result.rejected)}

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ..checkpoints import CheckpointError
-from ..corpus import CorpusError
+from ..corpus import CorpusError, CorpusWriteError
 from ..errors import GenerationError
 from ..store import StoreError
 
@@ -78,6 +78,12 @@ async def _corpus_error(_request: Request, exc: CorpusError) -> JSONResponse:
     return error_response(500, str(exc))
 
 
+async def _corpus_not_written(_request: Request, exc: CorpusWriteError) -> JSONResponse:
+    # Disk full or a file size limit: the batch was cut back whole, the client may send it again.
+    log.error("corpus append refused: %s", exc)
+    return error_response(507, str(exc))
+
+
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error in a request")
     return error_response(500, f"internal error ({type(exc).__name__}); see the server log")
@@ -91,4 +97,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StoreError, _unavailable)
     app.add_exception_handler(GenerationError, _bad_generation)
     app.add_exception_handler(CorpusError, _corpus_error)
+    app.add_exception_handler(CorpusWriteError, _corpus_not_written)
     app.add_exception_handler(Exception, _unexpected)

@@ -68,7 +68,8 @@ class StoreCollector(Collector):
         yield durations
         yield last
 
-        events = CounterMetricFamily("tweetgen_job_events", "Daemon job events (executed, error, missed)",
+        events = CounterMetricFamily("tweetgen_job_events",
+                                     "Daemon job events (executed, error, missed, skipped)",
                                      labels=["job", "event"])
         for row in store.count_by("job_events", "job_id", "event"):
             events.add_metric([row["job_id"], row["event"]], row["count"])
