@@ -34,7 +34,7 @@ def setup_logging(verbose: bool = False) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The scheduler's own lines for every heartbeat and job run would drown the daemon's events
     # (a job that fails is still logged, at ERROR with its traceback).
-    for noisy in ("apscheduler.scheduler", "apscheduler.executors.light",
+    for noisy in ("apscheduler.scheduler", "apscheduler.executors.light", "apscheduler.executors.checks",
                   "apscheduler.executors.default", "absl", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -145,6 +145,7 @@ class Daemon:
         self.submitted: dict[str, deque[datetime]] = defaultdict(deque)
         self.started_early: Counter[str] = Counter()
         self.queue_lock = threading.Lock()
+        self.current_job: str | None = None  # the TensorFlow job running now
         # The start-up is retried by the next job that runs once this backoff allows it.
         self.startup_retry = RetryBackoff(settings.ingest_check_seconds, STARTUP_RETRY_CAP_SECONDS)
         self.skips_logged: set[str] = set()  # jobs whose skip is logged, until their run ends
@@ -264,12 +265,14 @@ class Daemon:
                     log.warning("the start-up did not finish (%s): retrying it now", why)
                     run = self.startup_job
                 started = time.monotonic()
+                self.current_job = job_id
                 try:
                     if run() is not False:
                         self._record(job_id, "executed", None, time.monotonic() - started, delay)
                 except KNOWN_ERRORS as exc:  # explained in one line; others keep their traceback
                     self._job_failed(job_id, exc)
                 finally:
+                    self.current_job = None
                     if run == self.startup_job:
                         self._startup_tried()
 
@@ -456,11 +459,16 @@ class Daemon:
         except (OSError, StoreError) as exc:
             log.warning("new lines not counted: %s", exc)
             return
-        if waiting < self.settings.min_new_lines:
+        if waiting < self.settings.min_new_lines or self._finetune_coming():
             return
         log.info("%d new lines waiting (>= %d): fine-tuning now", waiting, self.settings.min_new_lines)
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.modify_job("finetune", next_run_time=datetime.now(UTC))
+
+    def _finetune_coming(self) -> bool:
+        """A fine-tune is running or waiting for the worker: it takes the waiting lines."""
+        with self.queue_lock:
+            return self.current_job == "finetune" or bool(self.submitted["finetune"])
 
     def idle_job(self) -> bool:
         """Idle training (tweetgen/idle.py) while no other job is submitted; False if it did nothing."""
