@@ -129,8 +129,15 @@ class Daemon:
                   start_date=now + timedelta(minutes=s.finetune_interval_minutes))
         self._add("new-lines", self.new_lines_job, "interval", seconds=s.ingest_check_seconds,
                   start_date=now + timedelta(seconds=s.ingest_check_seconds))
+        # The first tweets come right after the start-up: due a second after it, so the one worker
+        # thread runs it next (equal times would order the jobs by id, "generate" first). The
+        # start-up itself does not generate: it did, and when its training outlasted the interval
+        # the queued generate run stored a second batch within milliseconds.
         self._add("generate", self.generate_job, "interval", minutes=s.generate_interval_minutes,
-                  start_date=now + timedelta(minutes=s.generate_interval_minutes))
+                  next_run_time=now + timedelta(seconds=1))
+        if s.webhook_url:
+            self.scheduler.add_job(self.outbox_job, "interval", seconds=s.webhook_poll_seconds,
+                                   id="outbox", name="outbox", executor="outbox", next_run_time=now)
         self.scheduler.add_job(self._beat, "interval", seconds=s.heartbeat_seconds, id="heartbeat",
                                executor="light", next_run_time=now)
         log.info("daemon started (pid %d): corpus %s, checkpoints %s, database %s", os.getpid(),
@@ -146,7 +153,8 @@ class Daemon:
     def _make_scheduler(self) -> BlockingScheduler:
         s = self.settings
         scheduler = BlockingScheduler(
-            executors={"default": ThreadPoolExecutor(1), "light": ThreadPoolExecutor(1)},
+            executors={"default": ThreadPoolExecutor(1), "light": ThreadPoolExecutor(1),
+                       "outbox": ThreadPoolExecutor(1)},  # a slow webhook never delays the heartbeat
             job_defaults={"coalesce": True, "max_instances": 1,
                           "misfire_grace_time": s.misfire_grace_seconds},
             timezone=UTC,
@@ -267,8 +275,7 @@ class Daemon:
         if manager.promoted_path() is None and manager.paths():
             manager.promote(manager.paths()[-1])
         engine.sync_checkpoint_flags(self.store, manager)
-        self.trained = True
-        self.generate_job()
+        self.trained = True  # the generate job, queued behind this one, now stores the first tweets
 
     def initial_training(self, loaded: tuple | None) -> None:
         from . import engine, finetune
@@ -346,6 +353,13 @@ class Daemon:
         if self.generator_cache is None:
             self.generator_cache = GeneratorCache(self.settings)
         generate_scheduled(self.settings, self.store, self.generator_cache)
+
+    def outbox_job(self) -> None:
+        """Deliver approved tweets to the webhook (tweetgen.outbox). No TensorFlow: it runs in its
+        own thread, beside training. Failures are retried by the outbox, not recorded as errors."""
+        from . import outbox
+
+        outbox.deliver(self.settings, self.store, self.stop_event.is_set)
 
 
 def _unfinished_initial(meta: dict) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from .config import Settings
 from .generate import Generator, Sample
 from .model import CharGRU
 from .novelty import NoveltyIndex
+from .selection import Candidate, Selector
 from .store import Store, StoreError
 from .train import StepLog, bits_per_char, encode_lines
 from .trainer import RunResult, Trainer, TrainJob, build_data, model_from_checkpoint
@@ -298,18 +299,60 @@ def load_usable_checkpoint(manager: CheckpointManager, name: str | None = None
     return ckpt, model, vocab
 
 
-def sample_rows(samples: list[Sample], ckpt_id: int | None, ckpt: Checkpoint, source: str) -> list[dict]:
-    return [{
+def sample_rows(samples: list[Sample], ckpt_id: int | None, ckpt: Checkpoint, source: str,
+                extra: list[dict] | None = None) -> list[dict]:
+    """Rows for the samples table; `extra[i]` adds columns to row i (selection's score)."""
+    rows = [{
         "text": s.text, "seed": s.seed, "temperature": s.temperature, "top_k": s.top_k,
         "checkpoint_id": ckpt_id, "checkpoint_step": ckpt.step, "mean_logprob": s.mean_logprob,
         "copied": bool(s.copied), "novelty": s.novelty, "source": source, "mode": s.mode,
         "ended": s.ended,
     } for s in samples]
+    for row, more in zip(rows, extra or []):
+        row.update(more)
+    return rows
+
+
+def candidate_rows(candidates: list[Candidate], ckpt_id: int | None, ckpt: Checkpoint, source: str,
+                   per_tweet: int | None) -> list[dict]:
+    return sample_rows([c.sample for c in candidates], ckpt_id, ckpt, source,
+                       [c.row_fields(per_tweet) for c in candidates])
 
 
 def store_samples(store: Store, samples: list[Sample], ckpt: Checkpoint, source: str) -> list[int]:
     row = store.get_checkpoint(str(ckpt.path))
     return store.add_samples(sample_rows(samples, row["id"] if row else None, ckpt, source))
+
+
+@dataclass
+class OnDemandResult:
+    """What an on-demand generation made: the candidates shown (stored when ids are set)."""
+    candidates: list[Candidate]
+    ids: list[int | None]
+    sampled: int
+    dropped: dict[str, int]
+
+
+def generate_on_demand(settings: Settings, generator: Generator, ckpt: Checkpoint, store: Store | None,
+                       seeds: list[str], n: int, temperature: float, top_k: int = 0,
+                       random_seed: int | None = None, mode: str = "continue", source: str = "cli",
+                       raw: bool = False) -> OnDemandResult:
+    """`tweetgen generate` and POST /api/generate: n selected tweets per seed (each the best of
+    candidates_per_tweet samples, see tweetgen.selection), stored when a store is given. With
+    `raw`, n plain samples per seed, each judged and scored but all kept."""
+    selector = Selector(settings, generator, store.existing_text_keys if store else lambda keys: set())
+    if raw:
+        candidates = selector.judge(generator.generate(seeds, n, temperature, top_k, random_seed, mode))
+        sampled, per_tweet = len(candidates), 1
+    else:
+        candidates = selector.select(seeds, n, temperature, top_k, random_seed, mode)
+        sampled, per_tweet = selector.sampled, settings.candidates_per_tweet
+    ids: list[int | None] = [None] * len(candidates)
+    if store is not None and candidates:
+        row = store.get_checkpoint(str(ckpt.path))
+        ids = store.add_samples(candidate_rows(candidates, row["id"] if row else None, ckpt, source,
+                                               per_tweet))
+    return OnDemandResult(candidates, ids, sampled, selector.dropped)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -380,14 +423,27 @@ class GeneratorCache:
             self.indexed_to = batch.end
 
 
+DEFAULT_SEED_WORDS = 4
+
+
 def default_seeds(settings: Settings) -> list[str]:
-    """The configured seeds, else a few of the corpus's most common first words and ''."""
+    """The configured seeds, else the corpus's most common first words and ''; seeds that differ
+    only in case or spacing ('Fix', 'fix', ' fix') count once (the first, likeliest, is kept)."""
     if settings.seeds:
-        return list(settings.seeds)
+        return distinct_seeds(settings.seeds)
     path = settings.corpus_file
     # Streamed, so a big corpus is never held in memory for this.
     lines = (line for batch in corpus.iter_batches(path) for line in batch.lines) if path.is_file() else ()
-    return corpus.common_first_words(lines, 4) + [""]
+    words = distinct_seeds(corpus.common_first_words(lines, 4 * DEFAULT_SEED_WORDS))
+    return distinct_seeds([*words[:DEFAULT_SEED_WORDS], ""])
+
+
+def distinct_seeds(seeds: Iterable[str]) -> list[str]:
+    """Seeds in order, without those equal to an earlier one but for case and spacing."""
+    kept: dict[str, str] = {}
+    for seed in seeds:
+        kept.setdefault(" ".join(seed.casefold().split()), seed)
+    return list(kept.values())
 
 
 def _mtime(path: Path | None) -> int | None:
@@ -409,9 +465,16 @@ def generate_scheduled(settings: Settings, store: Store, cache: GeneratorCache |
     seeds = default_seeds(settings)
     row = store.get_checkpoint(str(ckpt.path))
     held = len(cache.unsaved)
+    # Each stored tweet is the best of candidates_per_tweet samples (tweetgen.selection); tweets
+    # held from a failed write count as this job's own, so none is stored twice.
+    selector = Selector(settings, generator, store.existing_text_keys)
+    selector.avoid(unsaved["text"] for unsaved in cache.unsaved)
     for temperature in settings.temperatures:
-        samples = generator.generate(seeds, settings.samples_per_seed, temperature, settings.top_k)
-        cache.unsaved.extend(sample_rows(samples, row["id"] if row else None, ckpt, "scheduled"))
+        kept = selector.select(seeds, settings.samples_per_seed, temperature, settings.top_k)
+        cache.unsaved.extend(candidate_rows(kept, row["id"] if row else None, ckpt, "scheduled",
+                                            settings.candidates_per_tweet))
+    log.info("kept %d of %d candidates (dropped: %s)", len(selector.kept), selector.sampled,
+             ", ".join(f"{n} {why}" for why, n in sorted(selector.dropped.items())) or "none")
     if len(cache.unsaved) > MAX_UNSAVED_SAMPLES:
         log.warning("dropping the %d oldest unstored tweets (the database refuses writes)",
                     len(cache.unsaved) - MAX_UNSAVED_SAMPLES)

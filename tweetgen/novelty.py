@@ -1,6 +1,7 @@
 """How much of a generated text copies the corpus.
 
-`copied`: the text equals a corpus line. `novelty`: the share of its n-character substrings
+`copied`: the text equals a corpus line. `near_copy`: it equals one once case, spacing and
+surrounding punctuation are ignored (`text_key`). `novelty`: the share of its n-character substrings
 (n = 20 by default) that appear nowhere in the corpus. The index keeps a sorted array of 64-bit
 hashes of every n-gram (8 bytes each), built with numpy, and line hashes for exact copies.
 """
@@ -34,11 +35,21 @@ def _line_key(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
 
 
+def text_key(text: str) -> str:
+    """A text with case, runs of spaces and the punctuation around it ignored: 'Fix  typo.'
+    and 'fix typo' share a key. Finds copies that differ only in such details."""
+    return " ".join(text.casefold().split()).strip(PUNCTUATION_AROUND)
+
+
+PUNCTUATION_AROUND = " .,;:!?'\"-_()[]{}<>*~`"
+
+
 class NoveltyIndex:
     def __init__(self, n: int = 20) -> None:
         self.n = n
         self._ngrams = np.empty(0, np.uint64)
         self._lines: set[bytes] = set()
+        self._keys: set[bytes] = set()  # _line_key of each line's text_key
 
     @classmethod
     def from_lines(cls, lines: Iterable[str], n: int = 20) -> NoveltyIndex:
@@ -50,6 +61,7 @@ class NoveltyIndex:
         parts = [self._ngrams]
         for line in lines:
             self._lines.add(_line_key(line))
+            self._keys.add(_line_key(text_key(line)))
             parts.append(ngram_hashes(line, self.n))
         # Sort the new hashes, merge them into the sorted index (a stable sort of two sorted runs
         # is a linear merge), drop repeats. np.unique would hash the whole index again at every
@@ -71,3 +83,7 @@ class NoveltyIndex:
         found = np.minimum(found, max(self._ngrams.size - 1, 0))
         seen = self._ngrams[found] == hashes if self._ngrams.size else np.zeros(hashes.size, bool)
         return copied, float(1.0 - seen.mean())
+
+    def near_copy(self, text: str) -> bool:
+        """Whether the text equals a corpus line but for case, spacing and outer punctuation."""
+        return _line_key(text_key(text)) in self._keys
