@@ -108,17 +108,18 @@ def test_empty_file_is_treated_as_version_zero(db_path: Path):
     db_path.parent.mkdir(parents=True)
     db_path.write_bytes(b"")
     with Store(db_path) as s:
-        assert s.get_meta("schema_version") == "1"
+        assert s.get_meta("schema_version") == str(SCHEMA_VERSION)
 
 
 def test_newer_schema_version_is_refused(tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = Path("db/x.db")
-    Store(path).set_meta("schema_version", "3")
+    Store(path).set_meta("schema_version", str(SCHEMA_VERSION + 1))
     with pytest.raises(StoreError) as info:
         Store(path)
     assert str(info.value) == (
-        "db/x.db has schema version 3, newer than this tweetgen (1): upgrade tweetgen"
+        f"db/x.db has schema version {SCHEMA_VERSION + 1}, newer than this tweetgen "
+        f"({SCHEMA_VERSION}): upgrade tweetgen"
     )
 
 
@@ -157,15 +158,30 @@ def test_garbage_file_is_refused(db_path: Path):
 def test_migrations_run_in_order(db_path: Path, monkeypatch):
     Store(db_path).close()
 
-    def migrate_to_2(db: sqlite_utils.Database) -> None:
+    def migrate_to_next(db: sqlite_utils.Database) -> None:
         db.execute("ALTER TABLE samples ADD COLUMN language TEXT")
 
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(store_module.MIGRATIONS, 2, migrate_to_2)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setitem(store_module.MIGRATIONS, SCHEMA_VERSION + 1, migrate_to_next)
     with Store(db_path) as s:
-        assert s.get_meta("schema_version") == "2"
+        assert s.get_meta("schema_version") == str(SCHEMA_VERSION + 1)
         [sample_id] = s.add_samples([sample("hola", language="es")])
         assert s.get_sample(sample_id)["language"] == "es"
+
+
+def test_version_1_database_gains_scores_text_keys_and_the_outbox(db_path: Path, monkeypatch):
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 1)
+    with Store(db_path) as old:
+        old_id = old.db.execute("INSERT INTO samples (text, created) VALUES ('Fix  typo.', ?)",
+                                [utc_now()]).lastrowid
+        old.db.conn.commit()
+    monkeypatch.undo()
+    with Store(db_path) as s:
+        assert int(s.get_meta("schema_version")) >= 2
+        row = s.get_sample(old_id)
+        assert row["text_key"] == "fix typo" and row["score"] is None
+        assert s.existing_text_keys(["fix typo", "other"]) == {"fix typo"}
+        assert s.outbox_counts() == {"cancelled": 0, "delivered": 0, "failed": 0, "pending": 0}
 
 
 def test_store_can_be_shared_between_threads(store: Store):

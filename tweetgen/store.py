@@ -704,7 +704,8 @@ class Store:
         ids = []
         with self._transaction():
             for row in rows:
-                row = {"status": "new", "text_key": text_key(row["text"]), **row, "created": now}
+                key = text_key(row["text"]) if isinstance(row.get("text"), str) else None
+                row = {"status": "new", "text_key": key, **row, "created": now}
                 ids.append(self._insert("samples", row))
                 faults.crash_point("samples-insert")
         return ids
