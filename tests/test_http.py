@@ -223,7 +223,8 @@ def test_counts_per_status_and_sorting_by_score(client, store):
     store.review([low], "approved")
     after = client.get("/api/tweets/counts").json()
     assert after["approved"] == before["approved"] + 1 and after["new"] == before["new"] + 2
-    ids = [t["id"] for t in client.get("/api/tweets", params={"order": "score", "limit": 500}).json()["tweets"]]
+    page = client.get("/api/tweets", params={"order": "score", "limit": 500}).json()
+    ids = [t["id"] for t in page["tweets"]]
     assert ids.index(high) < ids.index(low) < ids.index(unscored)
     assert client.get("/api/tweets", params={"order": "best"}).status_code == 422
 
