@@ -155,3 +155,16 @@ def test_select_on_a_trained_model_keeps_no_copy_and_stores_the_score(trained, t
         assert len(raw.ids) == 4 and all(i is not None for i in raw.ids)
         assert [c.dropped for c in raw.candidates] == ["copy"] * 4  # 'hello world', a corpus line
         assert store.count_samples() == len(rows) + len(again.ids) + 4
+
+
+def test_a_seed_quoting_the_corpus_does_not_make_a_near_copy(fixed_model, judge_settings) -> None:
+    vocab = Vocab.build(CORPUS)
+    index = NoveltyIndex.from_lines(CORPUS, n=8)
+    selector = Selector(judge_settings, Generator(fixed_model(vocab), vocab, 60, index))
+    seed = "the cat sat on the mat and then it"
+    quoted = sample(seed + " wore a hat", seed=seed, index=index)
+    assert quoted.novelty < judge_settings.min_novelty  # most of the text is the seed's corpus words
+    [candidate] = selector.judge([quoted])
+    assert candidate.dropped is None and candidate.novelty > 0.8  # "then it " is a corpus 8-gram
+    copied = sample(seed + " slept all", seed=seed, index=index)  # the model went on quoting
+    assert selector.judge([copied])[0].dropped == "near copy"

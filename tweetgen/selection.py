@@ -2,8 +2,8 @@
 
 Each candidate is judged, in this order, and the first reason found drops it:
 - "copy": it equals a corpus line (exactly, or but for case, spacing and outer punctuation);
-- "near copy": its novelty (share of its n-grams found nowhere in the corpus) is under
-  `min_novelty`;
+- "near copy": its novelty (share of its n-grams found nowhere in the corpus; in continue mode
+  only those the model wrote, not those wholly inside the seed) is under `min_novelty`;
 - "too short": under `min_tweet_chars` characters;
 - "cut": it hit the length limit with no word boundary near the end (`generate` cuts back to a
   space when one is close; a text it could not cut ends mid-word);
@@ -42,6 +42,7 @@ class Candidate:
     key: str
     fluency: float
     score: float
+    novelty: float = 1.0  # of what the model wrote (Selector.written_novelty)
     dropped: str | None = None  # why it was not kept, or None
     shingles: frozenset[str] = field(default_factory=frozenset, repr=False)
 
@@ -126,7 +127,7 @@ class Selector:
             sample = c.sample
             if sample.copied or (novelty_index is not None and novelty_index.near_copy(sample.text)):
                 c.dropped = "copy"
-            elif sample.novelty is not None and sample.novelty < s.min_novelty:
+            elif c.novelty < s.min_novelty:
                 c.dropped = "near copy"
             else:
                 c.dropped = fragment_reason(sample, s.min_tweet_chars, self.generator.max_chars)
@@ -137,9 +138,20 @@ class Selector:
     def _scored(self, sample: Sample) -> Candidate:
         s = self.settings
         fluent = fluency(sample.mean_logprob, s.fluency_band)
-        novelty = 1.0 if sample.novelty is None else sample.novelty
+        novelty = self.written_novelty(sample)
         return Candidate(sample, text_key(sample.text), fluent, score(fluent, novelty, s.novelty_weight),
-                         shingles=shingles(sample.text))
+                         novelty=novelty, shingles=shingles(sample.text))
+
+    def written_novelty(self, sample: Sample) -> float:
+        """The novelty of what the model wrote: in continue mode the n-grams that lie wholly in
+        the seed are the user's, not the model's, and do not count (a seed that quotes the
+        corpus would make every continuation a near-copy)."""
+        index = self.generator.novelty
+        if index is None:
+            return 1.0
+        if sample.mode != "continue" or not sample.seed:
+            return 1.0 if sample.novelty is None else sample.novelty
+        return index.score(sample.text[max(0, len(sample.seed) - index.n + 1):])[1]
 
     def select(self, seeds: Sequence[str], per_seed: int, temperature: float, top_k: int = 0,
                random_seed: int | None = None, mode: str = "continue") -> list[Candidate]:
