@@ -384,6 +384,7 @@ class GeneratorCache:
         self.indexed_to = 0
         self.novelty = NoveltyIndex(settings.novelty_ngram)
         self.unsaved: list[dict] = []  # generated rows a failed database write left to store
+        self.last_selection: dict = {}  # the last generate job's kept, sampled and dropped counts
         self.stamp: tuple = ()
 
     def get(self) -> tuple[Generator, Checkpoint]:
@@ -473,6 +474,8 @@ def generate_scheduled(settings: Settings, store: Store, cache: GeneratorCache |
         kept = selector.select(seeds, settings.samples_per_seed, temperature, settings.top_k)
         cache.unsaved.extend(candidate_rows(kept, row["id"] if row else None, ckpt, "scheduled",
                                             settings.candidates_per_tweet))
+    cache.last_selection = {"kept": len(selector.kept), "sampled": selector.sampled,
+                            "dropped": dict(selector.dropped)}
     log.info("kept %d of %d candidates (dropped: %s)", len(selector.kept), selector.sampled,
              ", ".join(f"{n} {why}" for why, n in sorted(selector.dropped.items())) or "none")
     if len(cache.unsaved) > MAX_UNSAVED_SAMPLES:
