@@ -4,8 +4,9 @@ webhook outbox's delivery across a receiver outage and a daemon kill -9.
     .venv/bin/python -m bench.review [--train-minutes 1.5] [--jobs 6] [--json]
 
 1. Selection. A scratch home's corpus is the FreeBSD fortunes plus 40 short commit subjects
-   ('fix typo', 'v2.12.0', 'Update README', ...) repeated 15 times each, the kind of corpus whose
-   short frequent lines a model learns by heart (issue 12 saw them stored as tweets). A model
+   ('fix typo', 'v2.12.0', 'Update README', ...) repeated 100 times each (a third of the
+   lines), the kind of corpus whose short frequent lines a model learns by heart (issue 12 saw
+   them stored as tweets). A model
    (embedding 32, GRU 64 then 128) trains for --train-minutes. Then --jobs scheduled generate
    jobs of each kind run alternately on the same generator (after one warm-up job of each, which
    traces the loop): "plain" is the job as it was before selection (generate, score novelty,
@@ -49,7 +50,7 @@ COMMIT_SUBJECTS = [
     "Handle missing config", "Revert last commit", "Add docs", "Fix off by one", "Tidy imports",
     "Release 1.0", "Drop Python 3.8",
 ]
-REPEATS = 15
+REPEATS = 100
 
 
 # ---------------------------------------------------------------- 1. selection
@@ -102,7 +103,8 @@ def measure_selection(args) -> dict:
     from tweetgen.novelty import NoveltyIndex
     from tweetgen.store import Store
 
-    home = Path(tempfile.mkdtemp(prefix="bench-review-")) / "home"
+    scratch = tempfile.TemporaryDirectory(prefix="bench-review-")
+    home = Path(scratch.name) / "home"
     started = time.perf_counter()
     settings, outcome = prepare_selection_home(home, args.train_minutes)
     lines = set(corpus.read_lines(settings.corpus_file).lines)
@@ -140,6 +142,7 @@ def measure_selection(args) -> dict:
     results["jobs"] = args.jobs
     results["totals"] = totals
     results["cost_ratio"] = totals["selected"]["ms_per_stored"] / totals["plain"]["ms_per_stored"]
+    scratch.cleanup()
     return results
 
 
@@ -152,7 +155,8 @@ def measure_outbox(args) -> dict:
 
     from tweetgen.store import Store
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-outbox-"))
+    scratch = tempfile.TemporaryDirectory(prefix="bench-outbox-")
+    tmp = Path(scratch.name)
     holder = reserve_port()
     port = holder.getsockname()[1]
     home = make_home(tmp, webhook_url=f"http://127.0.0.1:{port}/hook", webhook_poll_seconds=0.2,
@@ -199,6 +203,7 @@ def measure_outbox(args) -> dict:
         stop(daemon)
         if receiver is not None:
             receiver.stop()
+        scratch.cleanup()
 
 
 # ---------------------------------------------------------------- report

@@ -122,7 +122,7 @@ def test_train_continue_generate_eval(home: Path, tmp_path: Path) -> None:
         for row in picked:
             score, candidates, copied = db.execute(
                 "select score, candidates, copied from samples where id = ?", [row["id"]]).fetchone()
-            assert score == pytest.approx(row["score"]) and candidates == 4 and copied == 0
+            assert score == pytest.approx(row["score"]) and candidates == 3 and copied == 0
     table = run_cli(home, "tweets", "--order", "score", "--limit", "3").stdout
     assert table.splitlines()[0].split()[:5] == ["id", "status", "temp", "novel", "score"]
 

@@ -168,3 +168,16 @@ def test_a_seed_quoting_the_corpus_does_not_make_a_near_copy(fixed_model, judge_
     assert candidate.dropped is None and candidate.novelty > 0.8  # "then it " is a corpus 8-gram
     copied = sample(seed + " slept all", seed=seed, index=index)  # the model went on quoting
     assert selector.judge([copied])[0].dropped == "near copy"
+
+
+def test_selection_settings_are_checked() -> None:
+    from tweetgen.config import ConfigError, load_settings
+
+    for values, words in (({"fluency_band": "-0.4,-2.5"}, "fluency_band"),
+                          ({"fluency_band": "-1"}, "fluency_band"),
+                          ({"min_novelty": "1.5"}, "min_novelty"),
+                          ({"candidates_per_tweet": "0"}, "candidates_per_tweet"),
+                          ({"webhook_url": "ftp://example.org"}, "webhook_url")):
+        with pytest.raises(ConfigError, match=words):
+            load_settings(overrides=values, environ={})
+    assert load_settings(overrides={"fluency_band": "-3,-0.5"}, environ={}).fluency_band == (-3.0, -0.5)

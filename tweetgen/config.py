@@ -77,7 +77,7 @@ class Settings:
     max_tweet_chars: int = 140
     novelty_ngram: int = 20
     # Candidate selection (tweetgen.selection): sample several, store the best.
-    candidates_per_tweet: int = 4  # 1: every sample is a candidate of its own (still filtered)
+    candidates_per_tweet: int = 3  # 1: every sample is a candidate of its own (still filtered)
     min_tweet_chars: int = 10  # shorter texts are fragments
     min_novelty: float = 0.3  # below it a text is a near-copy of the corpus
     novelty_weight: float = 0.5  # score = (1 - w) * fluency + w * novelty

@@ -18,7 +18,7 @@ import numpy as np
 from . import corpus
 from .checkpoints import Checkpoint, CheckpointError, CheckpointManager, load_checkpoint, read_meta
 from .config import Settings
-from .generate import Generator, Sample
+from .generate import Generator, Sample, check_request
 from .model import CharGRU
 from .novelty import NoveltyIndex
 from .selection import Candidate, Selector
@@ -340,6 +340,7 @@ def generate_on_demand(settings: Settings, generator: Generator, ckpt: Checkpoin
     """`tweetgen generate` and POST /api/generate: n selected tweets per seed (each the best of
     candidates_per_tweet samples, see tweetgen.selection), stored when a store is given. With
     `raw`, n plain samples per seed, each judged and scored but all kept."""
+    check_request(seeds, n, temperature, top_k, generator.max_chars, mode)  # the user's n, not n x candidates
     selector = Selector(settings, generator, store.existing_text_keys if store else lambda keys: set())
     if raw:
         candidates = selector.judge(generator.generate(seeds, n, temperature, top_k, random_seed, mode))

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .generate import Generator, Sample
 
 MAX_ROUNDS = 3
+MAX_CANDIDATES_PER_SEED = 1024  # the most samples per seed one Generator.generate call takes
 SHINGLE = 4  # characters per shingle for near-duplicate detection
 NEAR_DUPLICATE = 0.7  # Jaccard similarity of shingle sets at or above which two tweets are near-duplicates
 
@@ -162,7 +163,8 @@ class Selector:
             short = [seed for seed, left in quota.items() if left > 0]
             if not short:
                 break
-            n = max(quota[seed] for seed in short) * self.settings.candidates_per_tweet
+            wanted = max(quota[seed] for seed in short) * self.settings.candidates_per_tweet
+            n = min(MAX_CANDIDATES_PER_SEED, wanted)
             samples = self.generator.generate(
                 short, n, temperature, top_k,
                 None if random_seed is None else random_seed + round_no, mode)
