@@ -467,12 +467,13 @@ def generate_scheduled(settings: Settings, store: Store, cache: GeneratorCache |
     seeds = default_seeds(settings)
     row = store.get_checkpoint(str(ckpt.path))
     held = len(cache.unsaved)
-    # Each stored tweet is the best of candidates_per_tweet samples (tweetgen.selection); tweets
-    # held from a failed write count as this job's own, so none is stored twice.
+    # Each stored tweet is the best of candidates_per_tweet samples (tweetgen.selection), in one
+    # batch per temperature (no second round: fewer tweets rather than weaker ones); tweets held
+    # from a failed write count as this job's own, so none is stored twice.
     selector = Selector(settings, generator, store.existing_text_keys)
     selector.avoid(unsaved["text"] for unsaved in cache.unsaved)
     for temperature in settings.temperatures:
-        kept = selector.select(seeds, settings.samples_per_seed, temperature, settings.top_k)
+        kept = selector.select(seeds, settings.samples_per_seed, temperature, settings.top_k, rounds=1)
         cache.unsaved.extend(candidate_rows(kept, row["id"] if row else None, ckpt, "scheduled",
                                             settings.candidates_per_tweet))
     cache.last_selection = {"kept": len(selector.kept), "sampled": selector.sampled,

@@ -15,8 +15,10 @@ character into [0, 1] inside `fluency_band` [low, high]: 0 at or below `low` (no
 1 at `high`, then falling back to 0 at a log-probability of 0 (a text the model finds that easy
 is repetition: 'the the the the').
 
-All candidates of a call come from one `Generator.generate` batch (seeds x candidates); a seed
-left short of its quota gets at most MAX_ROUNDS - 1 more, smaller batches.
+All candidates of a call come from one `Generator.generate` batch (seeds x candidates). On
+demand (a user asked for n), a seed left short of its quota gets at most MAX_ROUNDS - 1 more,
+smaller batches; a scheduled job samples once (its cost stays candidates_per_tweet samples per
+tweet, and it stores fewer tweets rather than weaker ones: the next run comes soon).
 """
 
 from __future__ import annotations
@@ -155,11 +157,13 @@ class Selector:
         return index.score(sample.text[max(0, len(sample.seed) - index.n + 1):])[1]
 
     def select(self, seeds: Sequence[str], per_seed: int, temperature: float, top_k: int = 0,
-               random_seed: int | None = None, mode: str = "continue") -> list[Candidate]:
-        """Up to `per_seed` kept candidates for each seed, best first within each seed."""
+               random_seed: int | None = None, mode: str = "continue",
+               rounds: int = MAX_ROUNDS) -> list[Candidate]:
+        """Up to `per_seed` kept candidates for each seed, best first within each seed; seeds
+        left short are sampled again, at most `rounds` batches in all."""
         quota = {seed: per_seed for seed in dict.fromkeys(seeds)}
         chosen: dict[str, list[Candidate]] = {seed: [] for seed in quota}
-        for round_no in range(MAX_ROUNDS):
+        for round_no in range(rounds):
             short = [seed for seed, left in quota.items() if left > 0]
             if not short:
                 break

@@ -258,7 +258,7 @@ def _migrate_to_1(db: sqlite_utils.Database) -> None:
 
 # Version 2 (issue 12): candidate selection's score and its parts per tweet, the normalised text
 # that finds repeats of stored tweets, and the webhook outbox.
-_SCHEMA_V2 = """
+_SCHEMA_SELECTION_OUTBOX = """
 ALTER TABLE samples ADD COLUMN score REAL;
 ALTER TABLE samples ADD COLUMN fluency REAL;
 ALTER TABLE samples ADD COLUMN candidates INTEGER;
@@ -285,7 +285,7 @@ def _migrate_to_2(db: sqlite_utils.Database) -> None:
     from .novelty import text_key  # the one normalisation, also used for new tweets
 
     # One statement at a time: executescript would commit the migration's transaction first.
-    for statement in filter(str.strip, _SCHEMA_V2.split(";")):
+    for statement in filter(str.strip, _SCHEMA_SELECTION_OUTBOX.split(";")):
         db.execute(statement)
     for row_id, text in db.execute("SELECT id, text FROM samples").fetchall():
         db.execute("UPDATE samples SET text_key = ? WHERE id = ?", [text_key(text), row_id])
