@@ -319,11 +319,6 @@ def candidate_rows(candidates: list[Candidate], ckpt_id: int | None, ckpt: Check
                        [c.row_fields(per_tweet) for c in candidates])
 
 
-def store_samples(store: Store, samples: list[Sample], ckpt: Checkpoint, source: str) -> list[int]:
-    row = store.get_checkpoint(str(ckpt.path))
-    return store.add_samples(sample_rows(samples, row["id"] if row else None, ckpt, source))
-
-
 @dataclass
 class OnDemandResult:
     """What an on-demand generation made: the candidates shown (stored when ids are set)."""
