@@ -24,6 +24,10 @@ def test_export_formats() -> None:
     assert export_text(rows, "txt") == 'a "quoted", tweet\n'
     with pytest.raises(ValueError, match="format"):
         export_text(rows, "xml")
+    hostile = [{"id": 2, "text": "=HYPERLINK(\"http://x\")", "seed": "-1"}, {"id": 3, "text": "bell\x07"}]
+    parsed = list(csv.DictReader(io.StringIO(export_text(hostile, "csv"))))
+    assert parsed[0]["text"] == "'=HYPERLINK(\"http://x\")" and parsed[0]["seed"] == "'-1"
+    assert export_text(hostile, "txt").splitlines()[1] == "bell\\x07"
 
 
 @pytest.fixture
