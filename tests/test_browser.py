@@ -93,10 +93,37 @@ def db_status(settings, tweet_id: int) -> str:
         return store.get_sample(tweet_id)["status"]
 
 
-def add_tweets(settings, *texts: str) -> list[int]:
+def add_tweets(settings, *texts: str, **fields) -> list[int]:
     with Store(settings.db_file) as store:
         return store.add_samples([{"text": t, "seed": "", "temperature": 1.0, "source": "scheduled",
-                                   "mode": "continue", "copied": False, "novelty": 0.9} for t in texts])
+                                   "mode": "continue", "copied": False, "novelty": 0.9, **fields}
+                                  for t in texts])
+
+
+def shown_ids(browser) -> list[int]:
+    return [int(i) for i in browser.execute_script(
+        "return [...document.querySelectorAll('#tweets tbody tr')].map(r => r.dataset.id)")]
+
+
+def press(browser, *keys: str) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    browser.execute_script("document.activeElement.blur()")  # keys go to the page, not a field
+    for key in keys:
+        ActionChains(browser).send_keys(key).perform()
+        time.sleep(0.3)  # each review answers before the next key
+
+
+def search(browser, words: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    box = browser.find_element(By.ID, "f-search")
+    box.clear()
+    box.send_keys(words)
+    before = browser.execute_script("return document.getElementById('tweets').dataset.loaded")
+    browser.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click()
+    wait_until(lambda: browser.execute_script(
+        "return document.getElementById('tweets').dataset.loaded") != before, what="the search")
 
 
 def test_approve_and_reject_change_the_database(browser, url, settings):
@@ -203,3 +230,42 @@ def test_chart_and_status_are_drawn(browser, url):
     errors = [entry["message"] for entry in browser.get_log("browser")
               if entry["level"] == "SEVERE" and "favicon.ico" not in entry["message"]]
     assert errors == []  # no CSP violation, no failed request, no script error
+
+
+def test_sorted_by_score_copies_hidden_and_reviewed_from_the_keyboard(browser, url, settings):
+    from selenium.webdriver.common.by import By
+
+    low, best, middle = add_tweets(settings, "zebrakey low", "zebrakey best", "zebrakey middle",
+                                   score=None)
+    with Store(settings.db_file) as store:
+        for tweet_id, score in ((low, 0.3), (best, 0.9), (middle, 0.6)):
+            store.db.execute("UPDATE samples SET score = ? WHERE id = ?", [score, tweet_id])
+        store.db.conn.commit()
+    [copy] = add_tweets(settings, "zebrakey copy", copied=True, score=0.99)
+    open_page(browser, url)
+    assert "j/k" in browser.find_element(By.ID, "keys").text
+    search(browser, "zebrakey")
+    assert shown_ids(browser) == [best, middle, low]  # best score first, the copy hidden
+    assert cell_text(browser, best, "score") == "0.90"
+    counts_before = int(browser.find_element(By.ID, "count-approved").text)
+
+    press(browser, "j", "a", "r")  # select the first, approve it, reject the next
+    wait_until(lambda: db_status(settings, middle) == "rejected", what="the keyboard rejection")
+    assert db_status(settings, best) == "approved"
+    press(browser, "u")  # undo the rejection
+    wait_until(lambda: db_status(settings, middle) == "new", what="the undo")
+    assert db_status(settings, best) == "approved" and db_status(settings, low) == "new"
+    assert "current" in row(browser, middle).get_attribute("class")
+    wait_until(lambda: browser.find_element(By.ID, "count-approved").text == str(counts_before + 1),
+               what="the approved count")
+
+    # Copies show when asked.
+    browser.find_element(By.ID, "f-copies").click()
+    search(browser, "zebrakey")
+    assert shown_ids(browser)[0] == copy and cell_text(browser, copy, "novelty") == "copied"
+
+    # The approved view: approved tweets only, latest decision first.
+    browser.find_element(By.CSS_SELECTOR, '#views button[data-status="approved"]').click()
+    wait_until(lambda: shown_ids(browser) == [best], what="the approved view")
+    assert browser.find_element(By.CSS_SELECTOR, '#views button[data-status="approved"]'
+                                ).get_attribute("aria-pressed") == "true"

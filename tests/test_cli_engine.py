@@ -108,7 +108,7 @@ def test_train_continue_generate_eval(home: Path, tmp_path: Path) -> None:
     assert re.search(r"run 1 step +30 validation \d\.\d{4} bits/char", losses)
 
     args = ["generate", "--seed", "the c", "--seed", "", "-n", "3", "--temperature", "0.9",
-            "--random-seed", "7", "--json"]
+            "--random-seed", "7", "--json", "--raw"]
     rows = json.loads(run_cli(home, *args).stdout)
     assert [r["seed"] for r in rows] == ["the c"] * 3 + [""] * 3
     for row in rows:
@@ -136,6 +136,20 @@ def test_train_continue_generate_eval(home: Path, tmp_path: Path) -> None:
     assert ckpt.step == 50
     again = generator.generate(["the c", ""], 3, 0.9, 0, 7)
     assert [s.text for s in again] == [r["text"] for r in rows]
+
+    # Without --raw each tweet is the best of candidates_per_tweet samples: no copy, no text
+    # stored twice, the score stored with it.
+    picked = json.loads(run_cli(home, *args[:-1]).stdout)
+    assert 1 <= len(picked) <= 6 and "dropped" not in picked[0]
+    texts = [r["text"] for r in picked]
+    assert len(set(texts)) == len(texts) and not set(texts) & set(stored)
+    with sqlite3.connect(home / "db" / "tweetgen.db") as db:
+        for row in picked:
+            score, candidates, copied = db.execute(
+                "select score, candidates, copied from samples where id = ?", [row["id"]]).fetchone()
+            assert score == pytest.approx(row["score"]) and candidates == 3 and copied == 0
+    table = run_cli(home, "tweets", "--order", "score", "--limit", "3").stdout
+    assert table.splitlines()[0].split()[:5] == ["id", "status", "temp", "novel", "score"]
 
     # eval: bits per character of any text file, the same cleaning as the corpus.
     text = tmp_path / "eval.txt"

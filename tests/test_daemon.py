@@ -152,3 +152,23 @@ def test_a_failing_start_up_is_retried_with_backoff_then_recovers(tmp_path: Path
                  what="tweets once the corpus has lines", proc=daemon)
     finally:
         assert stop(daemon) == 0
+
+
+def test_one_generate_run_at_start_and_one_batch_per_run(tmp_path: Path) -> None:
+    """The start-up no longer generates: the generate job, queued behind it, stores the first
+    tweets, once (it used to be both, two batches within milliseconds)."""
+    home = make_home(tmp_path, generate_interval_minutes=60, seeds=["The", "the ", "", "a"])
+    daemon = start_daemon(home)
+    try:
+        wait_for(lambda: (home / "db" / "tweetgen.db").exists() and query(
+            home, "select 1 from job_events where job_id = 'generate' and event = 'executed'"),
+            what="the first generate run", proc=daemon)
+        startup = query(home, "select created from job_events where job_id = 'startup'")
+        batches = query(home, "select created, count(*) n from samples group by created")
+        seeds = {r["seed"] for r in query(home, "select distinct seed from samples")}
+    finally:
+        code = stop(daemon)
+    assert code == 0
+    assert len(startup) == 1 and len(batches) == 1
+    assert batches[0]["created"] > startup[0]["created"]
+    assert seeds <= {"The", "", "a"}  # 'the ' is 'The' but for case and spacing

@@ -251,7 +251,7 @@ def check_cli_rows(home: Path, tmp_path: Path, capsys) -> None:
         if want_code == 2:
             assert err.count("\n") == 1 and err.startswith("tweetgen: error: "), f"{what}: {err!r}"
     # Seeds made of characters the model never saw: generated, the unknown ones counted.
-    code, out, err = run_cli(home, ["generate", "--seed", "☃☃ ✈", "-n", "2", "--json", "--no-store"],
+    code, out, err = run_cli(home, ["generate", "--seed", "☃☃ ✈", "-n", "2", "--json", "--no-store", "--raw"],
                              capsys=capsys)
     assert code == 0, err
     assert [row["unknown_seed_chars"] for row in json.loads(out)] == [3, 3]

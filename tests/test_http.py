@@ -72,8 +72,19 @@ def test_generate_continue_stores_on_demand_tweets(client, store, settings):
         stored = store.get_sample(tweet["id"])
         assert stored["text"] == tweet["text"] and stored["source"] == "on-demand"
         assert stored["checkpoint_id"] == promoted_id and stored["seed"] == "the c"
+        assert tweet["score"] is not None and tweet["candidates"] == settings.candidates_per_tweet
+        assert not tweet["copied"]
+    assert data["sampled"] >= 3 * settings.candidates_per_tweet
+    assert sum(data["dropped"].values()) == data["sampled"] - 3
+    # Selection never stores a text twice, so the same request again keeps other candidates.
     again = client.post("/api/generate", json=body).json()
-    assert [t["text"] for t in again["tweets"]] == [t["text"] for t in data["tweets"]]
+    assert not {t["text"] for t in again["tweets"]} & {t["text"] for t in data["tweets"]}
+    # Raw samples: the same random seed repeats a batch exactly; each is still scored.
+    raw = {**body, "raw": True}
+    first, second = (client.post("/api/generate", json=raw).json() for _ in range(2))
+    assert [t["text"] for t in first["tweets"]] == [t["text"] for t in second["tweets"]]
+    assert len(first["tweets"]) == 3 == first["sampled"] and first["dropped"] == {}
+    assert all(t["score"] is not None and t["candidates"] == 1 for t in first["tweets"])
 
 
 def test_generate_reply_reads_the_seed_as_the_previous_line(client, store, settings):
@@ -163,7 +174,9 @@ def test_tweets_filters_and_paging(client, store):
     assert get(seed="pg", checkpoint=1)["total"] == 7 and get(seed="pg", checkpoint=999)["total"] == 0
 
     one = client.get(f"/api/tweets/{ids[3]}").json()
-    assert one == {**store.get_sample(ids[3]), "copied": True}  # stored as 1, answered as a boolean
+    stored = store.get_sample(ids[3])
+    del stored["text_key"]  # selection's lookup column, not part of the answer
+    assert one == {**stored, "copied": True}  # stored as 1, answered as a boolean
 
 
 @pytest.mark.parametrize("query, field", [
@@ -192,6 +205,8 @@ def test_review_changes_the_status_in_the_database(client, store):
     assert response.json()["status"] == "approved"
     row = store.get_sample(tweet_id)
     assert row["status"] == "approved" and row["reviewed"] is not None
+    client.post(f"/api/tweets/{tweet_id}/review", json={"status": "new"})  # undo
+    assert store.get_sample(tweet_id)["status"] == "new"
     client.post(f"/api/tweets/{tweet_id}/review", json={"status": "rejected"})
     assert store.get_sample(tweet_id)["status"] == "rejected"
 
@@ -202,6 +217,41 @@ def test_review_changes_the_status_in_the_database(client, store):
     assert store.get_sample(tweet_id)["status"] == "rejected"
     missing = client.post("/api/tweets/987654/review", json={"status": "approved"})
     assert missing.status_code == 404
+
+
+def test_counts_per_status_and_sorting_by_score(client, store):
+    before = client.get("/api/tweets/counts").json()
+    low, high, unscored = store.add_samples([sample_row("scored low", score=0.1),
+                                             sample_row("scored high", score=0.9),
+                                             sample_row("not scored")])
+    store.review([low], "approved")
+    after = client.get("/api/tweets/counts").json()
+    assert after["approved"] == before["approved"] + 1 and after["new"] == before["new"] + 2
+    page = client.get("/api/tweets", params={"order": "score", "limit": 500}).json()
+    ids = [t["id"] for t in page["tweets"]]
+    assert ids.index(high) < ids.index(low) < ids.index(unscored)
+    assert client.get("/api/tweets", params={"order": "best"}).status_code == 422
+
+
+def test_the_feed_lists_approved_tweets_newest_approval_first(client, store):
+    import xml.etree.ElementTree as ET
+
+    first, second, _new = store.add_samples([sample_row("approved <first> & escaped"),
+                                             sample_row("approved second"), sample_row("not approved")])
+    store.review([first], "approved")
+    store.review([second], "approved")
+    response = client.get("/feed.atom")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/atom+xml; charset=utf-8"
+    atom = "{http://www.w3.org/2005/Atom}"
+    feed = ET.fromstring(response.content)
+    titles = [e.findtext(f"{atom}title") for e in feed.findall(f"{atom}entry")]
+    assert titles[:2] == ["approved second", "approved <first> & escaped"]
+    assert "not approved" not in titles
+    ids = [e.findtext(f"{atom}id") for e in feed.findall(f"{atom}entry")]
+    assert all(i.startswith("urn:uuid:") for i in ids) and len(set(ids)) == len(ids)
+    assert ET.fromstring(client.get("/feed.atom").content).findtext(f"{atom}id") == feed.findtext(f"{atom}id")
+    assert feed.findtext(f"{atom}updated") == store.get_sample(second)["reviewed"]
 
 
 # ---------------------------------------------------------------- corpus
@@ -536,17 +586,20 @@ def test_openapi_describes_every_route_and_the_bearer_scheme(client):
     expected = {
         "/api/tweets": {"get"}, "/api/tweets/{tweet_id}": {"get"}, "/api/tweets/{tweet_id}/review": {"post"},
         "/api/corpus": {"post"}, "/api/generate": {"post"}, "/api/status": {"get"}, "/api/runs": {"get"},
-        "/api/losses": {"get"}, "/healthz": {"get"}, "/metrics": {"get"},
+        "/api/losses": {"get"}, "/healthz": {"get"}, "/metrics": {"get"}, "/api/tweets/counts": {"get"},
+        "/feed.atom": {"get"},
     }
     assert {path: set(ops) for path, ops in spec["paths"].items()} == expected
     for path, ops in spec["paths"].items():
         for method, op in ops.items():
             assert (op.get("security") == [{"HTTPBearer": []}]) == (method == "post"), path
     generate = spec["components"]["schemas"]["GenerateRequest"]
-    assert set(generate["properties"]) == {"seed", "n", "temperature", "top_k", "mode", "random_seed"}
+    assert set(generate["properties"]) == {"seed", "n", "temperature", "top_k", "mode", "random_seed",
+                                           "raw"}
     assert generate["additionalProperties"] is False
     params = {p["name"] for p in spec["paths"]["/api/tweets"]["get"]["parameters"]}
-    assert params == {"since", "seed", "checkpoint", "status", "search", "novel_only", "limit", "offset"}
+    assert params == {"since", "seed", "checkpoint", "status", "search", "novel_only", "limit", "offset",
+                      "order"}
     assert client.get("/docs").status_code == 404  # its page would load scripts from a CDN
 
 
@@ -574,7 +627,8 @@ from tweetgen.web.app import create_app
 from tweetgen.web.server import ServerThread, bind
 settings = load_settings(overrides={{"home": {str(settings.home)!r}}}, environ={{}})
 server = ServerThread(create_app(settings), bind("127.0.0.1", 0))
-for path in ("/", "/api/tweets", "/api/status", "/api/runs", "/api/losses", "/metrics", "/healthz"):
+for path in ("/", "/api/tweets", "/api/status", "/api/runs", "/api/losses", "/metrics", "/healthz",
+             "/api/tweets/counts", "/feed.atom"):
     assert httpx.get(server.url + path, timeout=30).status_code == 200, path
 server.stop()
 assert "tensorflow" not in sys.modules, "tensorflow was imported"

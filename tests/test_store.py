@@ -171,6 +171,21 @@ def test_migrations_run_in_order(db_path: Path, monkeypatch):
         assert s.get_sample(sample_id)["language"] == "es"
 
 
+def test_version_1_database_gains_scores_text_keys_and_the_outbox(db_path: Path, monkeypatch):
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 1)
+    with Store(db_path) as old:
+        old_id = old.db.execute("INSERT INTO samples (text, created) VALUES ('Fix  typo.', ?)",
+                                [utc_now()]).lastrowid
+        old.db.conn.commit()
+    monkeypatch.undo()
+    with Store(db_path) as s:
+        assert int(s.get_meta("schema_version")) >= 2
+        row = s.get_sample(old_id)
+        assert row["text_key"] == "fix typo" and row["score"] is None
+        assert s.existing_text_keys(["fix typo", "other"]) == {"fix typo"}
+        assert s.outbox_counts() == {"cancelled": 0, "delivered": 0, "failed": 0, "pending": 0}
+
+
 def test_store_can_be_shared_between_threads(store: Store):
     with ThreadPoolExecutor(max_workers=4) as pool:
         futures = [

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import corpus
 from .config import ConfigError, Settings, load_settings
+from .export import csv_cell
 from .progress import bpc_text, nats_to_bpc
 
 log = logging.getLogger("tweetgen")
@@ -142,14 +143,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     seeds = args.seed if args.seed else [""]
     require_checkpoint(settings)
     generator, ckpt = engine.open_generator(settings, args.checkpoint)
-    samples = generator.generate(seeds, args.n, args.temperature, args.top_k, args.random_seed, args.mode)
-    if not args.no_store:
-        with open_store(settings) as store:
-            ids = engine.store_samples(store, samples, ckpt, "cli")
-    else:
-        ids = [None] * len(samples)
-    rows = [dict(s.as_dict(), id=i, checkpoint=ckpt.name) for s, i in zip(samples, ids)]
+    with (contextlib.nullcontext() if args.no_store else open_store(settings)) as store:
+        made = engine.generate_on_demand(settings, generator, ckpt, store, seeds, args.n,
+                                         args.temperature, args.top_k, args.random_seed, args.mode,
+                                         "cli", raw=args.raw)
+    rows = [dict(c.sample.as_dict(), id=i, checkpoint=ckpt.name, score=c.score, fluency=c.fluency,
+                 **({"dropped": c.dropped} if args.raw else {}))
+            for c, i in zip(made.candidates, made.ids)]
     emit(rows, args.json, lambda rs: "\n".join(terminal_safe(sample_line(r)) for r in rs))
+    if not args.raw and len(rows) < args.n * len(set(seeds)):
+        log.warning("kept %d of %d candidates (dropped: %s); --raw shows every sample", len(rows),
+                    made.sampled, ", ".join(f"{n} {why}" for why, n in sorted(made.dropped.items())))
     return 0
 
 
@@ -212,7 +216,7 @@ def cmd_tweets(args: argparse.Namespace) -> int:
                          "use e.g. 2026-12-01 or 2026-12-01T10:00") from None
     rows = read_store(settings, lambda store: store.query_samples(
         since=since, seed=args.seed, checkpoint_id=args.checkpoint, status=args.status,
-        search=args.search, novel_only=args.novel_only, limit=args.limit), [])
+        search=args.search, novel_only=args.novel_only, limit=args.limit, order=args.order), [])
     fmt = "json" if args.json else args.format
     if fmt == "json":
         emit(rows, True)
@@ -233,26 +237,16 @@ def terminal_safe(text: str) -> str:
     return corpus.CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
 
 
-FORMULA_STARTS = ("=", "+", "-", "@")
-
-
-def csv_cell(value: Any) -> Any:
-    """A cell a spreadsheet shows as text: control characters escaped, and one starting like a
-    formula (= + - @) behind a ' (the usual defence against CSV formula injection)."""
-    if not isinstance(value, str):
-        return value
-    value = terminal_safe(value)
-    return "'" + value if value.startswith(FORMULA_STARTS) else value
-
-
 def tweet_table(rows: list[dict]) -> str:
     if not rows:
         return "no tweets match"
-    lines = [f"{'id':>6}  {'status':8}  {'temp':>4}  {'novel':>5}  text"]
+    lines = [f"{'id':>6}  {'status':8}  {'temp':>4}  {'novel':>5}  {'score':>5}  text"]
     for r in rows:
         novelty = "copy" if r.get("copied") else f"{(r.get('novelty') or 0):.2f}"
+        score = "" if r.get("score") is None else f"{r['score']:.2f}"
         text = terminal_safe(r["text"])
-        lines.append(f"{r['id']:>6}  {r['status']:8}  {r['temperature']:>4.2f}  {novelty:>5}  {text}")
+        lines.append(f"{r['id']:>6}  {r['status']:8}  {r['temperature']:>4.2f}  {novelty:>5}  {score:>5}  "
+                     f"{text}")
     return "\n".join(lines)
 
 
@@ -330,6 +324,47 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     return run_daemon(settings_from(args, **overrides))
 
 
+# ---------------------------------------------------------------- a way out: export, webhook outbox
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_text
+    from .store import to_utc_iso
+
+    settings = settings_from(args)
+    try:
+        since = to_utc_iso(args.since) if args.since else None
+    except ValueError:
+        raise UsageError(f"--since {args.since!r} is not an ISO 8601 time; "
+                         "use e.g. 2026-12-01 or 2026-12-01T10:00") from None
+    with open_store(settings) as store:
+        rows = store.export_samples(args.status, since)
+    sys.stdout.write(export_text(rows, "json" if args.json else args.format))
+    return 0
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    with open_store(settings) as store:
+        retried = store.retry_failed_outbox() if args.retry else 0
+        statuses = ["pending", "failed"] if args.status == "waiting" else [args.status]
+        data = {"webhook_url": settings.webhook_url or None, "counts": store.outbox_counts(),
+                "retried": retried, "messages": store.outbox_rows(statuses, args.limit)}
+    emit(data, args.json, outbox_text)
+    return 0
+
+
+def outbox_text(data: dict) -> str:
+    counts = ", ".join(f"{n} {status}" for status, n in data["counts"].items())
+    lines = [f"webhook {data['webhook_url'] or 'not configured (setting webhook_url)'}: {counts}"]
+    if data["retried"]:
+        lines.append(f"{data['retried']} failed messages made pending again")
+    for m in data["messages"]:
+        lines.append(f"tweet {m['sample_id']:>6}  {m['status']:9} attempts {m['attempts']:>3}  "
+                     f"next {m['next_attempt'][:19]}  {m['last_error'] or ''}")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- HTTP and chat
 
 
@@ -390,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("continue", "reply"), default="continue")
     p.add_argument("--checkpoint", help="a checkpoint file name or step (default: the promoted one)")
     p.add_argument("--no-store", action="store_true", help="do not record the samples")
+    p.add_argument("--raw", action="store_true",
+                   help="plain samples: no candidate selection (each still scored; JSON says why "
+                        "selection would drop it)")
 
     p = command("eval", cmd_eval, "bits per character of a checkpoint on a text file")
     p.add_argument("file")
@@ -411,12 +449,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--novel-only", action="store_true")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument("--order", choices=("newest", "score"), default="newest",
+                   help="newest first, or best selection score first")
 
     p = command("review", cmd_review, "approve or reject tweets")
     p.add_argument("ids", nargs="*", type=int)
     p.add_argument("--approve", action="store_true")
     p.add_argument("--reject", action="store_true")
     p.add_argument("--interactive", action="store_true")
+
+    p = command("export", cmd_export, "write reviewed tweets as CSV, JSON or plain text")
+    p.add_argument("--status", choices=("approved", "rejected", "new"), default="approved")
+    p.add_argument("--format", choices=("csv", "json", "txt"), default="txt")
+    p.add_argument("--since", help="reviewed (new: created) at or after this ISO time")
+    p = command("outbox", cmd_outbox, "webhook deliveries waiting (pending or failed)")
+    p.add_argument("--status", choices=("waiting", "pending", "failed", "delivered", "cancelled"),
+                   default="waiting", help="which messages to list (waiting: pending and failed)")
+    p.add_argument("--retry", action="store_true", help="make failed messages pending again")
+    p.add_argument("--limit", type=int, default=100)
 
     command("status", cmd_status, "is the daemon alive; checkpoints, waiting lines, last runs")
     p = command("runs", cmd_runs, "training and fine-tune runs")

@@ -89,6 +89,12 @@ class Settings:
     seeds: tuple[str, ...] = ()  # empty: the corpus's most common first words plus ""
     max_tweet_chars: int = 140
     novelty_ngram: int = 20
+    # Candidate selection (tweetgen.selection): sample several, store the best.
+    candidates_per_tweet: int = 3  # 1: every sample is a candidate of its own (still filtered)
+    min_tweet_chars: int = 10  # shorter texts are fragments
+    min_novelty: float = 0.3  # below it a text is a near-copy of the corpus
+    novelty_weight: float = 0.5  # score = (1 - w) * fluency + w * novelty
+    fluency_band: tuple[float, ...] = (-2.5, -0.4)  # mean log-prob (nats/char): noise below, repetition above
 
     # Daemon.
     misfire_grace_seconds: int = 600
@@ -102,6 +108,13 @@ class Settings:
     http_max_generate: int = 64  # most tweets one POST /api/generate may ask for
     # Host header names the server answers (others get 400: DNS rebinding); '*.example.com' allowed.
     http_allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+
+    # Webhook (tweetgen.outbox): approved tweets POSTed as JSON, at least once.
+    webhook_url: str = ""  # empty: no webhook
+    webhook_timeout_seconds: float = 10.0
+    webhook_poll_seconds: float = 5.0  # how often the daemon delivers what is due
+    webhook_retry_seconds: float = 5.0  # the first retry's wait; it doubles per failure
+    webhook_max_backoff_seconds: float = 3600.0
 
     # Internal: the file the settings came from, and where each changed setting was set
     # (the TOML file, "environment" or "command line"), for messages and the daemon's log.
@@ -231,13 +244,16 @@ AT_LEAST_ONE = ("embedding_dim", "max_line_chars", "lr_decay_steps", "log_every"
                 "initial_steps", "finetune_min_steps", "finetune_max_steps", "min_new_lines",
                 "samples_per_seed", "max_validation_lines", "novelty_ngram", "vocab_min_count",
                 "vocab_grow_min_count", "max_bad_steps", "cpu_replicas", "idle_patience", "idle_cycle_steps",
+                "candidates_per_tweet",
                 # APScheduler 3.x takes a positive grace time (or None); 0 crashes it at start.
                 "misfire_grace_seconds")
 POSITIVE = ("learning_rate", "lr_decay_rate", "finetune_learning_rate", "clip_norm", "finetune_epochs",
             "finetune_interval_minutes", "generate_interval_minutes", "ingest_check_seconds",
-            "heartbeat_seconds", "idle_check_seconds", "idle_learning_rate")
+            "heartbeat_seconds", "idle_check_seconds", "idle_learning_rate", "webhook_timeout_seconds",
+            "webhook_poll_seconds", "webhook_retry_seconds", "webhook_max_backoff_seconds")
 NOT_NEGATIVE = ("min_learning_rate", "initial_minutes", "replay_ratio", "promote_tolerance_bpc",
-                "db_busy_timeout_seconds", "top_k", "idle_max_hours_per_day", "idle_recent_lines")
+                "db_busy_timeout_seconds", "top_k", "idle_max_hours_per_day", "idle_recent_lines",
+                "min_tweet_chars")
 STRATEGIES = ("auto", "mirrored", "multi-worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
@@ -281,6 +297,14 @@ def _validate(settings: Settings) -> None:
     if settings.worker_index < 0 or (settings.workers and settings.worker_index >= len(settings.workers)):
         raise ConfigError(f"worker_index must name one of the {len(settings.workers)} workers "
                           f"(counted from 0), got {settings.worker_index}")
+    if not 0 <= settings.min_novelty <= 1 or not 0 <= settings.novelty_weight <= 1:
+        raise ConfigError("min_novelty and novelty_weight must be between 0 and 1")
+    band = settings.fluency_band
+    if len(band) != 2 or not band[0] < band[1] < 0:
+        raise ConfigError(f"fluency_band must be [low, high] with low < high < 0 (nats per character), "
+                          f"got {list(band)}")
+    if settings.webhook_url and not settings.webhook_url.startswith(("http://", "https://")):
+        raise ConfigError(f"webhook_url must be an http:// or https:// URL, got {settings.webhook_url!r}")
     if settings.http_max_body_bytes < 1024 or settings.http_max_generate < 1:
         raise ConfigError("http_max_body_bytes must be at least 1024 and http_max_generate at least 1")
 

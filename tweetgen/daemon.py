@@ -146,6 +146,7 @@ class Daemon:
         self.started_early: Counter[str] = Counter()
         self.queue_lock = threading.Lock()
         self.current_job: str | None = None  # the TensorFlow job running now
+        self.tensorflow_jobs: set[str] = set()  # ids of the jobs on the worker thread
         # The start-up is retried by the next job that runs once this backoff allows it.
         self.startup_retry = RetryBackoff(settings.ingest_check_seconds, STARTUP_RETRY_CAP_SECONDS)
         self.skips_logged: set[str] = set()  # jobs whose skip is logged, until their run ends
@@ -196,8 +197,15 @@ class Daemon:
         if s.idle_training:
             self._add("idle", self.idle_job, "interval", seconds=s.idle_check_seconds,
                       start_date=now + timedelta(seconds=s.idle_check_seconds))
+        # The first tweets come right after the start-up: due a second after it, so the one worker
+        # thread runs it next (equal times would order the jobs by id, "generate" first). The
+        # start-up itself does not generate: it did, and when its training outlasted the interval
+        # the queued generate run stored a second batch within milliseconds.
         self._add("generate", self.generate_job, "interval", minutes=s.generate_interval_minutes,
-                  start_date=now + timedelta(minutes=s.generate_interval_minutes))
+                  next_run_time=now + timedelta(seconds=1))
+        if s.webhook_url:
+            self.scheduler.add_job(self.outbox_job, "interval", seconds=s.webhook_poll_seconds,
+                                   id="outbox", name="outbox", executor="outbox", next_run_time=now)
         self.scheduler.add_job(self._beat, "interval", seconds=s.heartbeat_seconds, id="heartbeat",
                                executor="light", next_run_time=now)
         log.info("daemon started (pid %d): corpus %s, checkpoints %s, database %s", os.getpid(),
@@ -214,10 +222,11 @@ class Daemon:
     def _make_scheduler(self) -> BlockingScheduler:
         s = self.settings
         scheduler = BlockingScheduler(
-            # TensorFlow jobs, the heartbeat, the new-lines check: each on its own thread, so a
-            # check waiting on a busy database never delays a heartbeat.
+            # TensorFlow jobs, the heartbeat, the new-lines check, the webhook outbox: each on its
+            # own thread, so a check waiting on a busy database or a slow webhook never delays a
+            # heartbeat.
             executors={"default": ThreadPoolExecutor(1), "light": ThreadPoolExecutor(1),
-                       "checks": ThreadPoolExecutor(1)},
+                       "checks": ThreadPoolExecutor(1), "outbox": ThreadPoolExecutor(1)},
             job_defaults={"coalesce": True, "max_instances": 1,
                           "misfire_grace_time": s.misfire_grace_seconds},
             timezone=UTC,
@@ -229,6 +238,8 @@ class Daemon:
         return scheduler
 
     def _add(self, job_id: str, func: Callable[[], bool | None], trigger: str, **kwargs: Any) -> None:
+        """A TensorFlow job: on the one worker thread, guarded (see _guarded)."""
+        self.tensorflow_jobs.add(job_id)
         self.scheduler.add_job(self._guarded(job_id, func), trigger, id=job_id, name=job_id, **kwargs)
 
     def _install_signal_handlers(self) -> None:
@@ -293,8 +304,9 @@ class Daemon:
         self.last_error = None
 
     def _on_submitted(self, event: JobSubmissionEvent) -> None:
-        if event.job_id in ("idle", "heartbeat", "new-lines") or not event.scheduled_run_times:
-            return
+        if event.job_id not in self.tensorflow_jobs or event.job_id == "idle" \
+                or not event.scheduled_run_times:
+            return  # idle training does not yield to itself; other threads' jobs do not wait
         with self.queue_lock:
             if self.started_early[event.job_id]:
                 self.started_early[event.job_id] -= 1
@@ -389,7 +401,8 @@ class Daemon:
     # ---- the jobs
 
     def startup_job(self) -> None:
-        """First start: the initial training run, then tweets. Later starts: resume."""
+        """First start: the initial training run. Later starts: resume. (The generate job, due a
+        second after it, stores the first tweets.)"""
         from . import engine, finetune
 
         s = self.settings
@@ -407,8 +420,7 @@ class Daemon:
         if manager.promoted_path() is None and manager.paths():
             promote_if_nothing_served(manager, manager.paths()[-1])
         engine.sync_checkpoint_flags(self.store, manager)
-        self.trained = True
-        self.generate_job()
+        self.trained = True  # the generate job, queued behind this one, now stores the first tweets
 
     def initial_training(self, loaded: tuple | None) -> None:
         from . import engine, finetune
@@ -520,6 +532,13 @@ class Daemon:
         if self.generator_cache is None:
             self.generator_cache = GeneratorCache(self.settings)
         generate_scheduled(self.settings, self.store, self.generator_cache)
+
+    def outbox_job(self) -> None:
+        """Deliver approved tweets to the webhook (tweetgen.outbox). No TensorFlow: it runs in its
+        own thread, beside training. Failures are retried by the outbox, not recorded as errors."""
+        from . import outbox
+
+        outbox.deliver(self.settings, self.store, self.stop_event.is_set)
 
 
 def promote_if_nothing_served(manager: Any, checkpoint: Path) -> None:

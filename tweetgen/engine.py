@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,9 +20,10 @@ from . import corpus
 from .checkpoints import Checkpoint, CheckpointError, CheckpointManager, load_checkpoint, read_meta
 from .config import Settings
 from .corpus_index import shared_index
-from .generate import Generator, Sample
+from .generate import Generator, Sample, check_request
 from .model import CharGRU
 from .promotion import ServedModel
+from .selection import Candidate, Selector
 from .store import Store, StoreError
 from .train import StepLog, bits_per_char, encode_lines
 from .trainer import RunResult, Trainer, TrainJob, build_data, model_from_checkpoint
@@ -317,18 +318,56 @@ def load_usable_checkpoint(manager: CheckpointManager, name: str | None = None
     return ckpt, model, vocab
 
 
-def sample_rows(samples: list[Sample], ckpt_id: int | None, ckpt: Checkpoint, source: str) -> list[dict]:
-    return [{
+def sample_rows(samples: list[Sample], ckpt_id: int | None, ckpt: Checkpoint, source: str,
+                extra: list[dict] | None = None) -> list[dict]:
+    """Rows for the samples table; `extra[i]` adds columns to row i (selection's score)."""
+    rows = [{
         "text": s.text, "seed": s.seed, "temperature": s.temperature, "top_k": s.top_k,
         "checkpoint_id": ckpt_id, "checkpoint_step": ckpt.step, "mean_logprob": s.mean_logprob,
         "copied": bool(s.copied), "novelty": s.novelty, "source": source, "mode": s.mode,
         "ended": s.ended,
     } for s in samples]
+    for row, more in zip(rows, extra or []):
+        row.update(more)
+    return rows
 
 
-def store_samples(store: Store, samples: list[Sample], ckpt: Checkpoint, source: str) -> list[int]:
-    row = store.get_checkpoint(str(ckpt.path))
-    return store.add_samples(sample_rows(samples, row["id"] if row else None, ckpt, source))
+def candidate_rows(candidates: list[Candidate], ckpt_id: int | None, ckpt: Checkpoint, source: str,
+                   per_tweet: int | None) -> list[dict]:
+    return sample_rows([c.sample for c in candidates], ckpt_id, ckpt, source,
+                       [c.row_fields(per_tweet) for c in candidates])
+
+
+@dataclass
+class OnDemandResult:
+    """What an on-demand generation made: the candidates shown (stored when ids are set)."""
+    candidates: list[Candidate]
+    ids: list[int | None]
+    sampled: int
+    dropped: dict[str, int]
+
+
+def generate_on_demand(settings: Settings, generator: Generator, ckpt: Checkpoint, store: Store | None,
+                       seeds: list[str], n: int, temperature: float, top_k: int = 0,
+                       random_seed: int | None = None, mode: str = "continue", source: str = "cli",
+                       raw: bool = False) -> OnDemandResult:
+    """`tweetgen generate` and POST /api/generate: n selected tweets per seed (each the best of
+    candidates_per_tweet samples, see tweetgen.selection), stored when a store is given. With
+    `raw`, n plain samples per seed, each judged and scored but all kept."""
+    check_request(seeds, n, temperature, top_k, generator.max_chars, mode)  # the user's n, not n x candidates
+    selector = Selector(settings, generator, store.existing_text_keys if store else lambda keys: set())
+    if raw:
+        candidates = selector.judge(generator.generate(seeds, n, temperature, top_k, random_seed, mode))
+        sampled, per_tweet = len(candidates), 1
+    else:
+        candidates = selector.select(seeds, n, temperature, top_k, random_seed, mode)
+        sampled, per_tweet = selector.sampled, settings.candidates_per_tweet
+    ids: list[int | None] = [None] * len(candidates)
+    if store is not None and candidates:
+        row = store.get_checkpoint(str(ckpt.path))
+        ids = store.add_samples(candidate_rows(candidates, row["id"] if row else None, ckpt, source,
+                                               per_tweet))
+    return OnDemandResult(candidates, ids, sampled, selector.dropped)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -359,6 +398,7 @@ class GeneratorCache:
         self.checkpoint: Checkpoint | None = None
         self.corpus_index = shared_index(settings.corpus_file, settings.novelty_ngram)
         self.unsaved: list[dict] = []  # generated rows a failed database write left to store
+        self.last_selection: dict = {}  # the last generate job's kept, sampled and dropped counts
         self.stamp: tuple = ()
 
     def get(self) -> tuple[Generator, Checkpoint]:
@@ -391,15 +431,28 @@ class GeneratorCache:
 
 
 
+DEFAULT_SEED_WORDS = 4
+
+
 def default_seeds(settings: Settings) -> list[str]:
-    """The configured seeds, else a few of the corpus's most common first words and ''. The
-    words come from the shared corpus index, which reads only what was appended since its last
-    update (while a generator cache holds it, as the daemon's does)."""
+    """The configured seeds, else the corpus's most common first words and ''; seeds that differ
+    only in case or spacing ('Fix', 'fix', ' fix') count once (the first, likeliest, is kept).
+    The words come from the shared corpus index, which reads only what was appended since its
+    last update (while a generator cache holds it, as the daemon's does)."""
     if settings.seeds:
-        return list(settings.seeds)
+        return distinct_seeds(settings.seeds)
     index = shared_index(settings.corpus_file, settings.novelty_ngram)
     index.update()
-    return index.common_first_words(4) + [""]
+    words = distinct_seeds(index.common_first_words(4 * DEFAULT_SEED_WORDS))
+    return distinct_seeds([*words[:DEFAULT_SEED_WORDS], ""])
+
+
+def distinct_seeds(seeds: Iterable[str]) -> list[str]:
+    """Seeds in order, without those equal to an earlier one but for case and spacing."""
+    kept: dict[str, str] = {}
+    for seed in seeds:
+        kept.setdefault(" ".join(seed.casefold().split()), seed)
+    return list(kept.values())
 
 
 def _mtime(path: Path | None) -> int | None:
@@ -421,9 +474,19 @@ def generate_scheduled(settings: Settings, store: Store, cache: GeneratorCache |
     seeds = default_seeds(settings)
     row = store.get_checkpoint(str(ckpt.path))
     held = len(cache.unsaved)
+    # Each stored tweet is the best of candidates_per_tweet samples (tweetgen.selection), in one
+    # batch per temperature (no second round: fewer tweets rather than weaker ones); tweets held
+    # from a failed write count as this job's own, so none is stored twice.
+    selector = Selector(settings, generator, store.existing_text_keys)
+    selector.avoid(unsaved["text"] for unsaved in cache.unsaved)
     for temperature in settings.temperatures:
-        samples = generator.generate(seeds, settings.samples_per_seed, temperature, settings.top_k)
-        cache.unsaved.extend(sample_rows(samples, row["id"] if row else None, ckpt, "scheduled"))
+        kept = selector.select(seeds, settings.samples_per_seed, temperature, settings.top_k, rounds=1)
+        cache.unsaved.extend(candidate_rows(kept, row["id"] if row else None, ckpt, "scheduled",
+                                            settings.candidates_per_tweet))
+    cache.last_selection = {"kept": len(selector.kept), "sampled": selector.sampled,
+                            "dropped": dict(selector.dropped)}
+    log.info("kept %d of %d candidates (dropped: %s)", len(selector.kept), selector.sampled,
+             ", ".join(f"{n} {why}" for why, n in sorted(selector.dropped.items())) or "none")
     if len(cache.unsaved) > MAX_UNSAVED_SAMPLES:
         log.warning("dropping the %d oldest unstored tweets (the database refuses writes)",
                     len(cache.unsaved) - MAX_UNSAVED_SAMPLES)

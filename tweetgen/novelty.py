@@ -1,8 +1,9 @@
 """How much of a generated text copies the corpus.
 
-`copied`: the text equals a corpus line. `novelty`: the share of its n-character substrings
-(n = 20 by default) that appear nowhere in the corpus. The index keeps 64-bit hashes of every
-n-gram (8 bytes each) in a few sorted runs, and line hashes for exact copies.
+`copied`: the text equals a corpus line. `near_copy`: it equals one once case, spacing and
+surrounding punctuation are ignored (`text_key`). `novelty`: the share of its n-character
+substrings (n = 20 by default) that appear nowhere in the corpus. The index keeps 64-bit hashes
+of every n-gram (8 bytes each) in a few sorted runs, and line hashes for exact and near copies.
 
 The runs make adding lines cheap as the corpus grows (a log-structured merge): new hashes are
 one small sorted run, and runs of similar size are merged, so each run is at least twice the
@@ -40,11 +41,21 @@ def _line_key(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
 
 
+def text_key(text: str) -> str:
+    """A text with case, runs of spaces and the punctuation around it ignored: 'Fix  typo.'
+    and 'fix typo' share a key. Finds copies that differ only in such details."""
+    return " ".join(text.casefold().split()).strip(PUNCTUATION_AROUND)
+
+
+PUNCTUATION_AROUND = " .,;:!?'\"-_()[]{}<>*~`"
+
+
 class NoveltyIndex:
     def __init__(self, n: int = 20) -> None:
         self.n = n
         self._runs: list[np.ndarray] = []  # sorted, without repeats; sizes at least halve
         self._lines: set[bytes] = set()
+        self._keys: set[bytes] = set()  # _line_key of each line's text_key
 
     @classmethod
     def from_lines(cls, lines: Iterable[str], n: int = 20) -> NoveltyIndex:
@@ -61,6 +72,7 @@ class NoveltyIndex:
         hashes = []
         for line in lines:
             self._lines.add(_line_key(line))
+            self._keys.add(_line_key(text_key(line)))
             hashes.append(ngram_hashes(line, self.n))
         new = _unique_sorted(np.concatenate(hashes)) if hashes else np.empty(0, np.uint64)
         if new.size == 0:
@@ -83,6 +95,9 @@ class NoveltyIndex:
             seen |= run[found] == hashes
         return copied, float(1.0 - seen.mean())
 
+    def near_copy(self, text: str) -> bool:
+        """Whether the text equals a corpus line but for case, spacing and outer punctuation."""
+        return _line_key(text_key(text)) in self._keys
 
 def _unique_sorted(hashes: np.ndarray) -> np.ndarray:
     hashes = np.sort(hashes)

@@ -22,14 +22,18 @@ import sqlite_utils
 
 from . import faults
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 APP = "tweetgen"
 
 RUN_KINDS = {"initial", "finetune", "train", "idle"}
 RUN_STATUSES = {"running", "completed", "interrupted", "crashed", "failed", "rejected"}
 REVIEW_STATUSES = {"approved", "rejected", "new"}
 JOB_EVENTS = {"executed", "error", "missed", "skipped"}
+OUTBOX_STATUSES = {"pending", "delivered", "failed", "cancelled"}
 CRASHED_ERROR = "process died (found running at next start)"
+SAMPLE_ORDERS = {"newest": "created DESC, id DESC",
+                 "score": "score IS NULL, score DESC, created DESC, id DESC",
+                 "reviewed": "reviewed IS NULL, reviewed DESC, id DESC"}
 
 # Columns stored as JSON text; rows read back have them decoded again.
 JSON_COLUMNS = {"config", "file_identity", "rejected_reasons", "next_jobs"}
@@ -269,13 +273,51 @@ CREATE INDEX IF NOT EXISTS idx_job_events_job_id_event ON job_events (job_id, ev
 CREATE INDEX IF NOT EXISTS idx_samples_status_source ON samples (status, source);
 """
 
+# Version 4 (issue 12): candidate selection's score and its parts per tweet, the normalised text
+# that finds repeats of stored tweets, and the webhook outbox.
+_SCHEMA_SELECTION_OUTBOX = """
+ALTER TABLE samples ADD COLUMN score REAL;
+ALTER TABLE samples ADD COLUMN fluency REAL;
+ALTER TABLE samples ADD COLUMN candidates INTEGER;
+ALTER TABLE samples ADD COLUMN text_key TEXT;
+CREATE INDEX idx_samples_text_key ON samples (text_key);
+CREATE INDEX idx_samples_score ON samples (score);
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY,
+    sample_id INTEGER NOT NULL UNIQUE,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt TEXT NOT NULL,
+    last_error TEXT,
+    created TEXT NOT NULL,
+    delivered TEXT
+);
+CREATE INDEX idx_outbox_status_next ON outbox (status, next_attempt);
+"""
+
 
 def _migrate_to_2(db: sqlite_utils.Database) -> None:
-    db.executescript(_SCHEMA_V2)
+    _run_statements(db, _SCHEMA_V2)
 
 
 def _migrate_to_3(db: sqlite_utils.Database) -> None:
-    db.executescript(_METRICS_INDEXES)
+    _run_statements(db, _METRICS_INDEXES)
+
+
+def _migrate_to_4(db: sqlite_utils.Database) -> None:
+    from .novelty import text_key  # the one normalisation, also used for new tweets
+
+    _run_statements(db, _SCHEMA_SELECTION_OUTBOX)
+    for row_id, text in db.execute("SELECT id, text FROM samples").fetchall():
+        db.execute("UPDATE samples SET text_key = ? WHERE id = ?", [text_key(text), row_id])
+
+
+def _run_statements(db: sqlite_utils.Database, sql: str) -> None:
+    # One statement at a time: executescript would commit the migration's transaction first.
+    for statement in filter(str.strip, sql.split(";")):
+        db.execute(statement)
 
 
 # MIGRATIONS[n] upgrades a version n-1 database to version n. Version 0 is an
@@ -284,6 +326,7 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     1: _migrate_to_1,
     2: _migrate_to_2,
     3: _migrate_to_3,
+    4: _migrate_to_4,
 }
 
 TABLES = (
@@ -295,6 +338,7 @@ TABLES = (
     "samples",
     "daemon",
     "job_events",
+    "outbox",
 )
 
 
@@ -695,11 +739,15 @@ class Store:
 
     @_guarded
     def add_samples(self, rows: list[dict]) -> list[int]:
+        from .novelty import text_key
+
         now = utc_now()
         ids = []
         with self._transaction():
             for row in rows:
-                ids.append(self._insert("samples", {"status": "new", **row, "created": now}))
+                key = text_key(row["text"]) if isinstance(row.get("text"), str) else None
+                row = {"status": "new", "text_key": key, **row, "created": now}
+                ids.append(self._insert("samples", row))
                 faults.crash_point("samples-insert")
         return ids
 
@@ -749,11 +797,15 @@ class Store:
         novel_only: bool = False,
         limit: int = 50,
         offset: int = 0,
+        order: str = "newest",
     ) -> list[dict]:
+        """Matching tweets, newest first; order="score": best first (unscored last);
+        order="reviewed": latest reviewed first."""
+        _check_choice("order", order, set(SAMPLE_ORDERS))
         where, params = self._sample_filters(
             since, seed, checkpoint_id, status, search, novel_only
         )
-        sql = f"SELECT * FROM samples {where} ORDER BY created DESC, id DESC LIMIT ? OFFSET ?"
+        sql = f"SELECT * FROM samples {where} ORDER BY {SAMPLE_ORDERS[order]} LIMIT ? OFFSET ?"
         return self._rows(sql, [*params, limit, offset])
 
     @_guarded
@@ -787,6 +839,35 @@ class Store:
         )
         return cursor.rowcount
 
+    @_guarded
+    def existing_text_keys(self, keys: list[str]) -> set[str]:
+        """Which of these text keys (novelty.text_key) stored tweets already have."""
+        rows = self.db.execute(
+            "SELECT DISTINCT text_key FROM samples WHERE text_key IN (SELECT value FROM json_each(?))",
+            [json.dumps(keys)],
+        )
+        return {row[0] for row in rows}
+
+    @_guarded
+    def status_counts(self) -> dict[str, int]:
+        """Tweets per review status, every status present (0 when none)."""
+        counts = dict.fromkeys(sorted(REVIEW_STATUSES), 0)
+        for status, count in self.db.execute("SELECT status, count(*) FROM samples GROUP BY status"):
+            counts[status] = count
+        return counts
+
+    @_guarded
+    def export_samples(self, status: str, since: str | None = None) -> list[dict]:
+        """Every tweet with `status`, oldest first; `since` keeps those that reached the status
+        (were reviewed, or for new ones created) at or after that time."""
+        _check_choice("status", status, REVIEW_STATUSES)
+        column = "created" if status == "new" else "reviewed"
+        where, params = "WHERE status = ?", [status]
+        if since is not None:
+            where += f" AND {column} >= ?"
+            params.append(to_utc_iso(since))
+        return self._rows(f"SELECT * FROM samples {where} ORDER BY {column}, id", params)
+
     # --- aggregates (for the Prometheus endpoint) ---------------------------
 
     @_guarded
@@ -805,6 +886,85 @@ class Store:
             "AND last.event = 'executed' ORDER BY last.id DESC LIMIT 1) AS last_s "
             "FROM job_events AS e WHERE event = 'executed' GROUP BY job_id"
         )
+
+    # --- the webhook outbox (tweetgen.outbox) -------------------------------
+
+    @_guarded
+    def instance_id(self) -> str:
+        """A random id of this database, made once: feed entry ids and idempotency keys use it."""
+        with self._transaction():
+            value = self._meta("instance_id")
+            if value is None:
+                import uuid
+
+                value = str(uuid.uuid4())
+                self._put_meta("instance_id", value)
+        return value
+
+    @_guarded
+    def enqueue_approved(self, message: Callable[[dict], tuple[str, dict]]) -> int:
+        """An outbox row for each approved tweet that has none yet; `message(tweet)` gives its
+        idempotency key and payload. Returns how many were added."""
+        now = utc_now()
+        with self._transaction():
+            rows = self._rows(
+                "SELECT * FROM samples WHERE status = 'approved' "
+                "AND id NOT IN (SELECT sample_id FROM outbox) ORDER BY reviewed, id"
+            )
+            for row in rows:
+                key, payload = message(row)
+                self._insert("outbox", {"sample_id": row["id"], "idempotency_key": key,
+                                        "payload": _to_json(payload), "status": "pending",
+                                        "next_attempt": now, "created": now})
+        return len(rows)
+
+    @_guarded
+    def due_outbox(self, limit: int = 100) -> list[dict]:
+        """Pending messages whose next attempt is due, oldest first, with their tweet's status."""
+        return self._rows(
+            "SELECT outbox.*, samples.status AS tweet_status FROM outbox "
+            "LEFT JOIN samples ON samples.id = outbox.sample_id "
+            "WHERE outbox.status = 'pending' AND next_attempt <= ? ORDER BY outbox.id LIMIT ?",
+            [utc_now(), limit],
+        )
+
+    @_guarded
+    def outbox_attempted(self, outbox_id: int, status: str, error: str | None = None,
+                         next_attempt: str | None = None) -> None:
+        """Record one delivery attempt's outcome: delivered, failed, cancelled, or pending again
+        (then `next_attempt` says when)."""
+        _check_choice("status", status, OUTBOX_STATUSES)
+        now = utc_now()
+        self.db.execute(
+            "UPDATE outbox SET status = ?, attempts = attempts + ?, last_error = ?, "
+            "next_attempt = coalesce(?, next_attempt), delivered = ? WHERE id = ?",
+            [status, 0 if status == "cancelled" else 1, error, next_attempt,
+             now if status == "delivered" else None, outbox_id],
+        )
+
+    @_guarded
+    def outbox_rows(self, statuses: list[str], limit: int = 100) -> list[dict]:
+        return self._rows(
+            "SELECT id, sample_id, idempotency_key, status, attempts, next_attempt, last_error, "
+            "created, delivered FROM outbox WHERE status IN (SELECT value FROM json_each(?)) "
+            "ORDER BY id LIMIT ?",
+            [json.dumps(statuses), limit],
+        )
+
+    @_guarded
+    def outbox_counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(sorted(OUTBOX_STATUSES), 0)
+        for status, count in self.db.execute("SELECT status, count(*) FROM outbox GROUP BY status"):
+            counts[status] = count
+        return counts
+
+    @_guarded
+    def retry_failed_outbox(self) -> int:
+        """Failed messages made pending again, due now."""
+        return self.db.execute(
+            "UPDATE outbox SET status = 'pending', next_attempt = ? WHERE status = 'failed'",
+            [utc_now()],
+        ).rowcount
 
     # --- daemon liveness and scheduler events -------------------------------
 

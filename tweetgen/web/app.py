@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Query
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -22,6 +22,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .. import corpus
 from ..config import Settings
+from ..feed import FEED_ENTRIES, atom_feed
 from ..status import daemon_status
 from ..store import Store, to_utc_iso
 from .errors import ApiError, install_error_handlers
@@ -39,6 +40,7 @@ from .schemas import (
     ReviewRequest,
     Run,
     Status,
+    StatusCounts,
     Tweet,
     TweetPage,
 )
@@ -101,12 +103,20 @@ def create_app(settings: Settings, bind_host: str = "127.0.0.1") -> FastAPI:
         novel_only: bool = False,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+        order: Annotated[Literal["newest", "score", "reviewed"],
+                         Query(description="newest first, best score first, or latest reviewed first")
+                         ] = "newest",
     ) -> dict[str, Any]:
-        """Tweets newest first, with the filters of `tweetgen tweets`, a page at a time."""
+        """Tweets with the filters of `tweetgen tweets`, a page at a time."""
         filters = {"since": _iso(since, "since"), "seed": seed, "checkpoint_id": checkpoint,
                    "status": status, "search": search, "novel_only": novel_only}
         return {"total": reads.count_samples(**filters), "limit": limit, "offset": offset,
-                "tweets": reads.query_samples(**filters, limit=limit, offset=offset)}
+                "tweets": reads.query_samples(**filters, limit=limit, offset=offset, order=order)}
+
+    @app.get("/api/tweets/counts", response_model=StatusCounts, tags=["tweets"])
+    def tweet_counts() -> dict[str, int]:
+        """Tweets per review status."""
+        return reads.status_counts()
 
     @app.get("/api/tweets/{tweet_id}", response_model=Tweet, tags=["tweets"])
     def get_tweet(tweet_id: TweetId) -> dict[str, Any]:
@@ -114,7 +124,7 @@ def create_app(settings: Settings, bind_host: str = "127.0.0.1") -> FastAPI:
 
     @app.post("/api/tweets/{tweet_id}/review", response_model=Tweet, tags=["tweets"], dependencies=writes)
     def review_tweet(tweet_id: TweetId, body: ReviewRequest) -> dict[str, Any]:
-        """Approve or reject a tweet; answers the tweet as it now is."""
+        """Approve or reject a tweet (status new: undo); answers the tweet as it now is."""
         if store.review([tweet_id], body.status) == 0:
             raise ApiError(404, f"no tweet with id {tweet_id}", "tweet_id")
         return _tweet(reads, tweet_id)
@@ -137,9 +147,10 @@ def create_app(settings: Settings, bind_host: str = "127.0.0.1") -> FastAPI:
         `continue`: each tweet starts with the seed. `reply`: the seed is read as the previous
         line and each tweet answers it."""
         _check_generate(settings, body)
-        ids, name, step = on_demand.generate(body.seed, body.n, body.temperature, body.top_k,
-                                             body.mode, body.random_seed)
-        return {"checkpoint": name, "checkpoint_step": step, "tweets": [_tweet(reads, i) for i in ids]}
+        made, name, step = on_demand.generate(body.seed, body.n, body.temperature, body.top_k,
+                                              body.mode, body.random_seed, body.raw)
+        return {"checkpoint": name, "checkpoint_step": step, "sampled": made.sampled,
+                "dropped": made.dropped, "tweets": [_tweet(reads, i) for i in made.ids]}
 
     # ------------------------------------------------------------ the daemon's record
 
@@ -167,6 +178,16 @@ def create_app(settings: Settings, bind_host: str = "127.0.0.1") -> FastAPI:
              responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}})
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    # ------------------------------------------------------------ the feed of approved tweets
+
+    @app.get("/feed.atom", tags=["tweets"], response_class=Response,
+             responses={200: {"content": {"application/atom+xml": {}}, "description": "Atom 1.0"}})
+    def feed(request: Request) -> Response:
+        """The latest approved tweets as an Atom feed, newest approval first."""
+        tweets = reads.query_samples(status="approved", order="reviewed", limit=FEED_ENTRIES)
+        body = atom_feed(tweets, store.instance_id(), str(request.url))
+        return Response(body, media_type="application/atom+xml; charset=utf-8")
 
     # ------------------------------------------------------------ the review page
 

@@ -23,13 +23,15 @@ class OnDemand:
         self._lock = threading.Lock()
 
     def generate(self, seed: str, n: int, temperature: float, top_k: int, mode: str,
-                 random_seed: int | None) -> tuple[list[int], str, int]:
-        """Generate and store n tweets (source 'on-demand'); their ids and the checkpoint."""
-        from ..engine import GeneratorCache, store_samples
+                 random_seed: int | None, raw: bool = False) -> tuple[Any, str, int]:
+        """Generate and store up to n selected tweets (n plain samples with `raw`), source
+        'on-demand': the engine's OnDemandResult (ids, sampled, dropped) and the checkpoint."""
+        from ..engine import GeneratorCache, generate_on_demand
 
         with self._lock:
             if self._cache is None:
                 self._cache = GeneratorCache(self.settings)
             generator, ckpt = self._cache.get()
-            samples = generator.generate([seed], n, temperature, top_k, random_seed, mode)
-        return store_samples(self.store, samples, ckpt, "on-demand"), ckpt.name, ckpt.step
+            made = generate_on_demand(self.settings, generator, ckpt, self.store, [seed], n,
+                                      temperature, top_k, random_seed, mode, "on-demand", raw)
+        return made, ckpt.name, ckpt.step

@@ -19,7 +19,7 @@ class Request(BaseModel):
 
 
 class ReviewRequest(Request):
-    status: Literal["approved", "rejected"]
+    status: Literal["approved", "rejected", "new"] = Field(description="new: undo a review")
 
 
 class CorpusRequest(Request):
@@ -35,6 +35,7 @@ class GenerateRequest(Request):
     top_k: int = Field(0, ge=0, le=100_000, description="only the k likeliest characters (0: all)")
     mode: Literal["continue", "reply"] = "continue"
     random_seed: int | None = Field(None, ge=0, lt=2**62, description="repeat a batch exactly")
+    raw: bool = Field(False, description="plain samples: no candidate selection (each still scored)")
 
 
 class Tweet(BaseModel):
@@ -54,6 +55,9 @@ class Tweet(BaseModel):
     status: Literal["new", "approved", "rejected"]
     created: str
     reviewed: str | None
+    score: float | None = Field(None, description="selection score: (1-w) fluency + w novelty")
+    fluency: float | None = Field(None, description="mean log-probability mapped into [0, 1]")
+    candidates: int | None = Field(None, description="candidates sampled per stored tweet")
 
 
 class TweetPage(BaseModel):
@@ -67,6 +71,14 @@ class Generated(BaseModel):
     checkpoint: str
     checkpoint_step: int
     tweets: list[Tweet]
+    sampled: int = Field(description="candidates sampled")
+    dropped: dict[str, int] = Field(description="candidates not kept, by reason")
+
+
+class StatusCounts(BaseModel):
+    new: int
+    approved: int
+    rejected: int
 
 
 class CorpusAppended(BaseModel):

@@ -34,20 +34,32 @@ async function api(path, body) {
   return data;
 }
 
-// ---------------------------------------------------------------- tweets
+// ---------------------------------------------------------------- tweets and review
+
+const review = { rows: [], current: -1, undo: [] }; // the rows shown, the one selected, past reviews
+
+function fixed(value, digits = 2) {
+  return value === null || value === undefined ? "" : Number(value).toFixed(digits);
+}
 
 function tweetRow(tweet) {
   const row = element("tr");
   row.dataset.id = tweet.id;
   row.title = `created ${tweet.created}, source ${tweet.source || "?"}`;
-  const novelty = tweet.copied ? "copied" : (tweet.novelty === null ? "" : tweet.novelty.toFixed(2));
+  const novelty = tweet.copied ? "copied" : fixed(tweet.novelty);
   const status = element("td", "status " + tweet.status, tweet.status);
+  const score = element("td", "num score", fixed(tweet.score));
+  if (tweet.score !== null && tweet.score !== undefined) {
+    score.title = `fluency ${fixed(tweet.fluency)}, novelty ${fixed(tweet.novelty)}` +
+      (tweet.candidates ? `, best of ${tweet.candidates} candidates` : "");
+  }
   row.append(
     element("td", "num", tweet.id),
     element("td", "text", tweet.text),
+    score,
     element("td", "seed", tweet.seed),
     element("td", "mode", tweet.mode),
-    element("td", "num", tweet.temperature === null ? "" : tweet.temperature.toFixed(2)),
+    element("td", "num", fixed(tweet.temperature)),
     element("td", "num", tweet.checkpoint_step),
     element("td", tweet.copied ? "novelty copied" : "novelty", novelty),
     status,
@@ -56,33 +68,84 @@ function tweetRow(tweet) {
   for (const [label, value] of [["approve", "approved"], ["reject", "rejected"]]) {
     const button = element("button", label, label);
     button.type = "button";
-    button.addEventListener("click", () => review(tweet.id, value, status));
+    button.addEventListener("click", () => setStatus(row, value));
     actions.append(button);
   }
   row.append(actions);
+  row.addEventListener("click", () => select(review.rows.indexOf(row)));
   return row;
 }
 
-async function review(id, value, cell) {
+async function setStatus(row, value, remember = true) {
+  const id = row.dataset.id;
+  const cell = row.querySelector("td.status");
+  const before = cell.textContent;
   try {
     const tweet = await api(`/api/tweets/${id}/review`, { status: value });
     cell.textContent = tweet.status;
     cell.className = "status " + tweet.status;
-    say(`tweet ${id} ${tweet.status}`);
+    if (remember && before !== tweet.status) review.undo.push({ row, status: before });
+    say(remember ? `tweet ${id} ${tweet.status}` : `undone: tweet ${id} is ${tweet.status} again`);
+    loadCounts();
   } catch (error) {
     say(`could not review tweet ${id}: ${error.message}`, true);
   }
 }
 
+function select(index) {
+  if (!review.rows.length) return;
+  index = Math.max(0, Math.min(index, review.rows.length - 1));
+  if (review.rows[review.current]) review.rows[review.current].classList.remove("current");
+  review.current = index;
+  const row = review.rows[index];
+  row.classList.add("current");
+  row.scrollIntoView({ block: "nearest" });
+}
+
+async function reviewCurrent(value) {
+  if (review.current < 0) select(0);
+  const row = review.rows[review.current];
+  if (!row) return;
+  await setStatus(row, value);
+  select(review.current + 1);
+}
+
+async function undoLast() {
+  const last = review.undo.pop();
+  if (!last) {
+    say("nothing to undo");
+    return;
+  }
+  await setStatus(last.row, last.status, false);
+  const index = review.rows.indexOf(last.row);
+  if (index >= 0) select(index);
+}
+
+function onKey(event) {
+  if (event.ctrlKey || event.metaKey || event.altKey) return;
+  if (event.target.closest("input, select, textarea")) return; // typing, not reviewing
+  const actions = {
+    j: () => select(review.current + 1),
+    k: () => select(review.current - 1),
+    a: () => reviewCurrent("approved"),
+    r: () => reviewCurrent("rejected"),
+    u: () => undoLast(),
+  };
+  const action = actions[event.key];
+  if (!action) return;
+  event.preventDefault();
+  action();
+}
+
 function filterParams() {
-  const params = new URLSearchParams({ limit: PAGE_SIZE, offset: page.offset });
+  const params = new URLSearchParams({ limit: PAGE_SIZE, offset: page.offset, order: $("f-order").value });
   const status = $("f-status").value;
   const seed = $("f-seed").value;
   const search = $("f-search").value.trim();
   if (status) params.set("status", status);
   if (seed) params.set("seed", seed);
   if (search) params.set("search", search);
-  if ($("f-novel").checked) params.set("novel_only", "true");
+  if (!$("f-copies").checked) params.set("novel_only", "true");
   return params;
 }
 
@@ -90,15 +153,38 @@ async function loadTweets() {
   try {
     const data = await api("/api/tweets?" + filterParams());
     page.total = data.total;
-    $("tweets").tBodies[0].replaceChildren(...data.tweets.map(tweetRow));
+    review.rows = data.tweets.map(tweetRow);
+    review.current = -1;
+    $("tweets").tBodies[0].replaceChildren(...review.rows);
     const last = Math.min(page.offset + data.tweets.length, data.total);
     $("page-info").textContent = data.total ? `${page.offset + 1}–${last} of ${data.total}` : "no tweets match";
     $("newer").disabled = page.offset === 0;
     $("older").disabled = last >= data.total;
+    for (const button of document.querySelectorAll("#views button")) {
+      button.setAttribute("aria-pressed", String(button.dataset.status === $("f-status").value));
+    }
     $("tweets").dataset.loaded = String(Date.now());
   } catch (error) {
     say(`could not load tweets: ${error.message}`, true);
   }
+}
+
+async function loadCounts() {
+  try {
+    const counts = await api("/api/tweets/counts");
+    for (const status of ["new", "approved", "rejected"]) $("count-" + status).textContent = counts[status];
+    $("count-all").textContent = counts.new + counts.approved + counts.rejected;
+  } catch (error) {
+    say(`could not load the counts: ${error.message}`, true);
+  }
+}
+
+function showView(status) {
+  $("f-status").value = status;
+  // The approved (and rejected) view lists the latest decisions first; to review: the best first.
+  $("f-order").value = status === "approved" || status === "rejected" ? "reviewed" : "score";
+  page.offset = 0;
+  loadTweets();
 }
 
 // ---------------------------------------------------------------- generating
@@ -111,6 +197,7 @@ async function generate(event) {
     mode: $("gen-mode").value,
     n: Number($("gen-n").value),
     temperature: Number($("gen-temp").value),
+    raw: $("gen-raw").checked,
   };
   button.disabled = true;
   say("generating…");
@@ -121,9 +208,11 @@ async function generate(event) {
       item.dataset.id = t.id;
       return item;
     }));
-    say(`${data.tweets.length} ${request.mode} tweets from ${data.checkpoint} (step ${data.checkpoint_step})`);
+    const kept = request.raw ? "raw samples" : `the best of ${data.sampled} candidates`;
+    say(`${data.tweets.length} ${request.mode} tweets from ${data.checkpoint} (step ${data.checkpoint_step}), ${kept}`);
     page.offset = 0;
     await loadTweets();
+    loadCounts();
   } catch (error) {
     say(`could not generate: ${error.message}`, true);
   } finally {
@@ -220,6 +309,10 @@ function start() {
   $("token").value = localStorage.getItem(TOKEN_KEY) || "";
   $("token").addEventListener("change", () => localStorage.setItem(TOKEN_KEY, $("token").value));
   $("generate-form").addEventListener("submit", generate);
+  document.addEventListener("keydown", onKey);
+  for (const button of document.querySelectorAll("#views button")) {
+    button.addEventListener("click", () => showView(button.dataset.status));
+  }
   $("filters").addEventListener("submit", (event) => {
     event.preventDefault();
     page.offset = 0;
@@ -236,7 +329,9 @@ function start() {
   loadStatus();
   loadChart();
   loadTweets();
+  loadCounts();
   setInterval(loadStatus, 15000);
+  setInterval(loadCounts, 15000);
   setInterval(loadChart, 60000);
 }
 
