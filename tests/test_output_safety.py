@@ -33,7 +33,7 @@ def sample_row(text: str, seed: str, **fields) -> dict:
 
 
 def test_clean_seed_replaces_each_control_character_with_a_space() -> None:
-    from tweetgen.generate import clean_seed
+    from tweetgen.corpus import clean_seed
 
     assert clean_seed("a\x1b[1mb\nc\td\x00e\x7ff\x85g") == "a [1mb c d e f g"
     assert clean_seed(HOSTILE_SEED).__len__() == len(HOSTILE_SEED)  # one for one: limits hold

@@ -619,6 +619,9 @@ def test_a_version_1_database_migrates_to_the_current_schema(db_path: Path):
     with Store(db_path) as s:
         assert s.get_meta("schema_version") == str(SCHEMA_VERSION)
         assert s.get_run(1)["kind"] == "initial"
+        assert {"idx_job_events_job_id_event", "idx_samples_status_source"} <= {
+            index.name for table in ("job_events", "samples") for index in s.db[table].indexes}
+        assert "outbox" in s.db.table_names() and "val_new_bpc" in s.db["checkpoints"].columns_dict
 
 
 # --- the /metrics scrape --------------------------------------------------------
@@ -645,14 +648,3 @@ def test_a_metrics_scrape_reads_indexes_not_the_tables(store: Store, make_settin
         scans = [step for step in plan if step.startswith("SCAN") and "COVERING INDEX" not in step
                  and "USING INDEX idx_job_events" not in step]
         assert not scans, f"{sql}: {plan}"
-
-
-def test_a_version_2_database_gets_the_metrics_indexes(db_path: Path):
-    with Store(db_path) as s:
-        s.db.execute("DROP INDEX idx_job_events_job_id_event")
-        s.db.execute("DROP INDEX idx_samples_status_source")
-        s.set_meta("schema_version", "2")
-    with Store(db_path) as s:
-        assert s.get_meta("schema_version") == str(SCHEMA_VERSION)
-        assert {"idx_job_events_job_id_event", "idx_samples_status_source"} <= {
-            index.name for table in ("job_events", "samples") for index in s.db[table].indexes}

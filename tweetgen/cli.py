@@ -18,6 +18,7 @@ from typing import Any
 
 from . import corpus
 from .config import ConfigError, Settings, load_settings
+from .corpus import terminal_safe
 from .export import csv_cell
 from .progress import bpc_text, nats_to_bpc
 
@@ -229,12 +230,6 @@ def cmd_tweets(args: argparse.Namespace) -> int:
     else:
         print(tweet_table(rows))
     return 0
-
-
-def terminal_safe(text: str) -> str:
-    """Control characters shown as \\xNN escapes: a stored text (tweets and seeds stored before
-    seeds were cleaned) cannot move the cursor, recolour or retitle the terminal it is printed to."""
-    return corpus.CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
 
 
 def tweet_table(rows: list[dict]) -> str:

@@ -41,6 +41,20 @@ class CorpusError(RuntimeError):
 CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
+def terminal_safe(text: str) -> str:
+    """Control characters shown as \\xNN escapes: a stored text (tweets and seeds stored before
+    seeds were cleaned) cannot move the cursor, recolour or retitle the terminal it is printed to,
+    nor hide in an exported file."""
+    return CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
+
+
+def clean_seed(seed: str) -> str:
+    """Control characters (terminal escape sequences, newlines, NUL) become spaces: the seed is
+    stored in the tweet and its record and printed to terminals, and the model never saw such
+    characters (the corpus is cleaned the same way). One for one, so lengths do not change."""
+    return CONTROL.sub(" ", seed)
+
+
 def clean_text(text: str) -> str:
     """Control characters become spaces, runs of whitespace collapse, ends are stripped."""
     if CONTROL.search(text):

@@ -7,7 +7,7 @@ import io
 import json
 from typing import Any
 
-from .corpus import CONTROL
+from .corpus import terminal_safe
 
 FIELDS = ("id", "text", "seed", "status", "score", "novelty", "fluency", "temperature",
           "checkpoint_step", "source", "created", "reviewed")
@@ -21,7 +21,7 @@ def csv_cell(value: Any) -> Any:
     is untrusted text). `tweetgen tweets --format csv` and `tweetgen export` both use it."""
     if not isinstance(value, str):
         return value
-    value = CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", value)
+    value = terminal_safe(value)
     return "'" + value if value.startswith(FORMULA_STARTS) else value
 
 
@@ -44,4 +44,4 @@ def export_text(rows: list[dict], fmt: str) -> str:
 
 
 def _line(text: str) -> str:
-    return CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", " ".join(text.splitlines()))
+    return terminal_safe(" ".join(text.splitlines()))

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import tensorflow as tf
 
-from .corpus import CONTROL
+from .corpus import clean_seed
 from .errors import GenerationError
 from .model import CharGRU
 from .novelty import NoveltyIndex
@@ -40,13 +40,6 @@ class Sample:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def clean_seed(seed: str) -> str:
-    """Control characters (terminal escape sequences, newlines, NUL) become spaces: the seed is
-    stored in the tweet and its record and printed to terminals, and the model never saw such
-    characters (the corpus is cleaned the same way). One for one, so lengths do not change."""
-    return CONTROL.sub(" ", seed)
 
 
 def check_request(seeds: Sequence[str], n: int, temperature: float, top_k: int, max_chars: int,

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .config import Settings
+from .corpus import clean_seed
 from .novelty import text_key
 
 if TYPE_CHECKING:
@@ -161,7 +162,8 @@ class Selector:
                rounds: int = MAX_ROUNDS) -> list[Candidate]:
         """Up to `per_seed` kept candidates for each seed, best first within each seed; seeds
         left short are sampled again, at most `rounds` batches in all."""
-        quota = {seed: per_seed for seed in dict.fromkeys(seeds)}
+        # Keyed as the generator writes them into samples (control characters cleaned).
+        quota = {seed: per_seed for seed in dict.fromkeys(clean_seed(s) for s in seeds)}
         chosen: dict[str, list[Candidate]] = {seed: [] for seed in quota}
         for round_no in range(rounds):
             short = [seed for seed, left in quota.items() if left > 0]
