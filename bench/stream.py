@@ -140,7 +140,7 @@ def run_stream(args: argparse.Namespace, home: Path) -> dict:
         new_bpc, old_bpc = served_figures(settings, held_out, old_val)
         rows = [{"batch": 0, "new_style": new_bpc, "old_val": old_bpc}]
         print(f"{'batch':>5} {'lines':>6} {'steps':>6} {'seconds':>8} {'new-style':>10} {'old val':>8} "
-              f"{'run new before->after':>22} {'promoted':>9}")
+              f"{'run new before->after':>22} {'run old before->after':>22} {'promoted':>9}")
         print(f"{0:>5} {0:>6} {'':>6} {'':>8} {new_bpc:>10.4f} {old_bpc:>8.4f}", flush=True)
         for number, start in enumerate(range(0, len(stream), args.batch_lines), 1):
             last = max([r["id"] for r in query(db, "select id from runs")] or [0])
@@ -154,9 +154,11 @@ def run_stream(args: argparse.Namespace, home: Path) -> dict:
                          "seconds": seconds, "new_style": new_bpc, "old_val": old_bpc,
                          "promoted": bool(run["promoted"]), "run_new_before": run["val_new_bpc_before"],
                          "run_new_after": run["val_new_bpc_after"], "reason": run["promotion"]})
-            before_after = f"{_f(run['val_new_bpc_before'])} -> {_f(run['val_new_bpc_after'])}"
+            new_change = f"{_f(run['val_new_bpc_before'])} -> {_f(run['val_new_bpc_after'])}"
+            old_change = f"{_f(run['val_bpc_before'])} -> {_f(run['val_bpc_after'])}"
             print(f"{number:>5} {run['new_lines']:>6} {run['steps']:>6} {seconds:>8.1f} {new_bpc:>10.4f} "
-                  f"{old_bpc:>8.4f} {before_after:>22} {'yes' if run['promoted'] else 'no':>9}", flush=True)
+                  f"{old_bpc:>8.4f} {new_change:>22} {old_change:>22} "
+                  f"{'yes' if run['promoted'] else 'no':>9}", flush=True)
     finally:
         stop_daemon(daemon)
     first, last_row = rows[0], rows[-1]
