@@ -215,9 +215,13 @@ def test_untrusted_text_is_shown_as_text_never_markup(browser, url, settings):
         "return document.querySelector('#tweets tbody td.text').innerHTML.includes('&lt;')") is True
 
 
-def test_chart_and_status_are_drawn(browser, url):
+def test_chart_and_status_are_drawn(browser, url, settings):
     from selenium.webdriver.common.by import By
 
+    from tweetgen.idle import set_state
+
+    with Store(settings.db_file) as store:
+        set_state(store, "stopped", best_bpc=2.1234, reason="no better validation in 6 checkpoints")
     open_page(browser, url)
     painted = wait_until(lambda: browser.execute_script("""
         const c = document.getElementById('chart');
@@ -226,7 +230,9 @@ def test_chart_and_status_are_drawn(browser, url):
         for (let i = 3; i < data.length; i += 4) if (data[i] > 0) n++;
         return n > 500 ? n : 0;"""), what="the loss chart")
     assert painted > 500
-    assert "tweets" in browser.find_element(By.ID, "status").text
+    status = browser.find_element(By.ID, "status").text
+    assert "tweets" in status
+    assert "idle training stopped, best 2.1234 bits/char (no better validation in 6 checkpoints)" in status
     errors = [entry["message"] for entry in browser.get_log("browser")
               if entry["level"] == "SEVERE" and "favicon.ico" not in entry["message"]]
     assert errors == []  # no CSP violation, no failed request, no script error

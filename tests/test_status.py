@@ -104,3 +104,19 @@ def test_a_run_for_people_shows_both_figures_rounded_and_the_promotion() -> None
                                        "bits/char, promoted no (worse on the new lines)")
     initial = {**row, "kind": "initial", "val_bpc_before": None, "promoted": None, "steps": None}
     assert "steps -, validation - -> 2.7000 bits/char, promoted -" in run_text(initial)
+
+
+def test_status_says_what_idle_training_is_doing(tmp_path: Path) -> None:
+    """`tweetgen status` (and its JSON) shows the idle-training state the daemon records."""
+    from tweetgen.idle import set_state
+    from tweetgen.store import Store
+
+    home = make_home(tmp_path, idle_training=True)
+    with Store(home / "db" / "tweetgen.db") as store:
+        set_state(store, "training", run=7, step=1200, target_step=4000, best_bpc=2.08761,
+                  stale_checkpoints=2, patience=6)
+    text = tweetgen(home, "status").stdout
+    assert "idle training: training (step 1200 of the run to 4000), best validation 2.0876 bits/char, " \
+           "2 of 6 checkpoints without a better one" in text
+    data = json.loads(tweetgen(home, "status", "--json").stdout)
+    assert data["idle_training"]["best_bpc"] == 2.08761 and data["idle_training"]["run"] == 7

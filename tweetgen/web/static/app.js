@@ -230,6 +230,14 @@ function runningText(r) {
   return `${r.kind} run #${r.run}: ${where}${eta}, loss ${bpc(r.train_bpc)}, validation ${bpc(r.val_bpc)}`;
 }
 
+// What idle training does, as `tweetgen status` words it (tweetgen/idle.py writes it).
+function idleText(idle) {
+  let text = `idle training ${idle.state}`;
+  if (idle.best_bpc !== null && idle.best_bpc !== undefined) text += `, best ${idle.best_bpc.toFixed(4)} bits/char`;
+  if (idle.reason) text += ` (${idle.reason})`;
+  return text;
+}
+
 async function loadStatus() {
   try {
     const s = await api("/api/status");
@@ -238,6 +246,7 @@ async function loadStatus() {
     const parts = [
       d.alive ? `daemon alive (${d.state}, pid ${d.pid})` : `daemon not running (${d.state})`,
       ...(s.running ? [runningText(s.running)] : []),
+      ...(s.idle_training ? [idleText(s.idle_training)] : []),
       p ? `checkpoint ${p.path.split("/").pop()}` + (p.step !== undefined ? ` step ${p.step}` : "")
         + (p.val_bpc ? `, ${p.val_bpc.toFixed(4)} bits/char` : "") : "no promoted checkpoint",
       `${s.lines_waiting === null ? "?" : s.lines_waiting} lines waiting`,
