@@ -91,16 +91,17 @@ def test_sigterm_mid_training_checkpoints_and_kill9_resumes(tmp_path: Path) -> N
     try:
         wait_for(lambda: ckpts.is_dir() and list(ckpts.glob("ckpt-*.npz")), what="a checkpoint",
                  proc=daemon)
-        # The 1 s new-lines check cannot start while the initial training runs: each skipped
-        # run is a job event, and only the first is logged (at INFO, not APScheduler's WARNING).
-        wait_for(lambda: query(home, "select count(*) n from job_events where job_id = 'new-lines' "
+        # The 3 s generate job cannot start while the initial training runs: one run waits for
+        # the worker, each later one is skipped and recorded as a job event, and only the first
+        # skip is logged (at INFO, not APScheduler's WARNING).
+        wait_for(lambda: query(home, "select count(*) n from job_events where job_id = 'generate' "
                                      "and event = 'skipped'")[0]["n"] >= 3,
-                 timeout=30, what="skipped new-lines runs recorded", proc=daemon)
+                 timeout=40, what="skipped generate runs recorded", proc=daemon)
         time.sleep(0.5)
     finally:
         assert stop(daemon) == 0
     log = (home / "daemon.log").read_text()
-    assert log.count("INFO tweetgen.daemon: job new-lines skipped: its previous run is still running") == 1
+    assert log.count("INFO tweetgen.daemon: job generate skipped: its previous run is still running") == 1
     assert "maximum number of running instances" not in log
     run = query(home, "select * from runs")[0]
     assert run["status"] == "interrupted"

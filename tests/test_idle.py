@@ -80,7 +80,7 @@ def test_idle_training_yields_at_the_next_step_and_continues_the_same_job(make_s
 
     def preempted() -> bool:
         calls.append(1)
-        return len(calls) > 3  # a job is submitted after three steps
+        return len(calls) > 4  # asked once before the run starts, then before each step: 3 steps
 
     done = run_idle(settings, store, trainers, preempted, lambda: False)
     assert done.ended == "yielded" and done.steps == 3
