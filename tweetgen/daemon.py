@@ -131,6 +131,9 @@ class Daemon:
                   start_date=now + timedelta(seconds=s.ingest_check_seconds))
         self._add("generate", self.generate_job, "interval", minutes=s.generate_interval_minutes,
                   start_date=now + timedelta(minutes=s.generate_interval_minutes))
+        maintenance_every = timedelta(hours=s.maintenance_interval_hours)
+        self._add("maintenance", self.maintenance_job, "interval", hours=s.maintenance_interval_hours,
+                  start_date=now + self._first_maintenance_delay(maintenance_every, now))
         self.scheduler.add_job(self._beat, "interval", seconds=s.heartbeat_seconds, id="heartbeat",
                                executor="light", next_run_time=now)
         log.info("daemon started (pid %d): corpus %s, checkpoints %s, database %s", os.getpid(),
@@ -346,6 +349,22 @@ class Daemon:
         if self.generator_cache is None:
             self.generator_cache = GeneratorCache(self.settings)
         generate_scheduled(self.settings, self.store, self.generator_cache)
+
+    def maintenance_job(self) -> None:
+        """Retention and the WAL checkpoint (tweetgen.maintenance); no TensorFlow, but it runs
+        between the other jobs like them, so it never deletes under a run that is writing."""
+        from .maintenance import run_maintenance
+
+        run_maintenance(self.settings, self.store)
+
+    def _first_maintenance_delay(self, interval: timedelta, now: datetime) -> timedelta:
+        from .maintenance import LAST_RUN_KEY, first_run_delay
+
+        try:
+            last = self.store.get_meta(LAST_RUN_KEY)
+        except StoreError:
+            last = None
+        return first_run_delay(last, interval, now)
 
 
 def _unfinished_initial(meta: dict) -> bool:
