@@ -67,7 +67,7 @@ def test_backup_explains_a_missing_database_or_folder(tmp_path: Path) -> None:
         backup(settings, tmp_path)
 
 
-WRITER = textwrap.dedent("""
+WRITER = textwrap.dedent(f"""
     import sys
     from tweetgen.store import Store
     store = Store(sys.argv[1])
@@ -75,10 +75,10 @@ WRITER = textwrap.dedent("""
     step = 0
     print("ready", flush=True)
     while True:
-        store.log_losses(run, [{"step": step + i, "loss": 1.0} for i in range(%d)])
-        store.add_samples([{"text": "tweet %%d" %% step}])
-        step += %d
-""" % (LOSS_BATCH, LOSS_BATCH))
+        store.log_losses(run, [{{"step": step + i, "loss": 1.0}} for i in range({LOSS_BATCH})])
+        store.add_samples([{{"text": f"tweet {{step}}"}}])
+        step += {LOSS_BATCH}
+""")
 
 
 def test_twenty_backups_while_another_process_writes_are_whole_and_consistent(tmp_path: Path) -> None:

@@ -56,8 +56,8 @@ def run_maintenance(settings: Settings, store: Store, now: datetime | None = Non
                for name, table, where, params in retention_rules(settings, now)}
     if settings.maintenance_vacuum:
         store.vacuum()
+    store.set_meta(LAST_RUN_KEY, _iso(datetime.now(UTC)))  # before the checkpoint: it empties the WAL
     wal = store.checkpoint_wal()
-    store.set_meta(LAST_RUN_KEY, _iso(datetime.now(UTC)))
     result = {"deleted": deleted, "wal": wal, "vacuum": settings.maintenance_vacuum,
               "seconds": round(time.monotonic() - started, 3)}
     log.info("maintenance: deleted %s; WAL checkpoint %s%s", deleted, wal,
