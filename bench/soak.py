@@ -4,7 +4,8 @@
 
 The real daemon (`run_daemon.py` with `--http` on 127.0.0.1) runs as a subprocess with a tiny
 model (GRU 16+16) on a small synthetic corpus and an accelerated schedule: a fine-tune every
-20 s fed by a writer that appends lines, a generate job every 3 s, a maintenance job every 72 s
+20 s fed by a writer that appends lines, a generate job every 3 s, idle training between jobs
+where this tweetgen has it (settings `idle_*`), a maintenance job every 72 s
 (retention and the WAL checkpoint, with retention set to minutes), while clients read the HTTP
 API (tweets, status, losses, metrics), ask it for tweets and review tweets (some rejected, so
 retention has something to delete). It stops after `--jobs` executed jobs (default 1000, about
@@ -93,11 +94,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# Idle training (between jobs), where this tweetgen has it: short runs, checked every 10 s.
+IDLE = {"idle_training": "true", "idle_check_seconds": "10", "idle_cycle_steps": "60"}
+
+
 def make_home(root: Path, port: int) -> Path:
+    from tweetgen.config import SETTING_NAMES
+
     home = root / "home"
     (home / "data").mkdir(parents=True)
     (home / "data" / "corpus.txt").write_text("\n".join(lines(random.Random(1), 300)) + "\n")
-    (home / "tweetgen.toml").write_text(CONFIG.format(port=port))
+    idle = "".join(f"{k} = {v}\n" for k, v in IDLE.items() if k in SETTING_NAMES)
+    (home / "tweetgen.toml").write_text(CONFIG.format(port=port) + idle)
     return home
 
 
