@@ -51,7 +51,9 @@ def test_backup_copies_every_row_and_refuses_to_overwrite(tmp_path: Path) -> Non
         backup(settings, target)
     with Store(settings.db_file) as store:
         store.add_samples([{"text": "one more"}])
+    Path(f"{target}-wal").write_bytes(b"stale")  # as if the old copy had been opened and killed
     assert backup(settings, target, force=True).counts["samples"] == 8
+    assert not Path(f"{target}-wal").exists() and integrity_ok(target)
 
 
 def test_backup_explains_a_missing_database_or_folder(tmp_path: Path) -> None:

@@ -75,6 +75,9 @@ def backup_database(source: Path, target: Path) -> dict[str, int]:
         finally:
             src.close()
         _fsync(temp)
+        # A -wal left beside a replaced copy would be replayed into the new file when opened.
+        for stale in (Path(f"{target}-wal"), Path(f"{target}-shm")):
+            stale.unlink(missing_ok=True)
         os.replace(temp, target)
     except sqlite3.Error as exc:
         raise BackupError(f"backup of {source} to {target} failed ({exc}); "
