@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -113,9 +114,14 @@ def test_backup_cli_while_the_daemon_runs_copies_db_and_checkpoints(tmp_path: Pa
     proc = start_daemon(home)
     try:
         wait_for(lambda: db.exists() and _count(db, "samples") > 0, what="the first tweets", proc=proc)
-        for i in range(3):  # the daemon generates every 3 s and beats every second meanwhile
-            tweetgen(home, "backup", str(tmp_path / f"copy-{i}.db"))
-            assert integrity_ok(tmp_path / f"copy-{i}.db")
+        samples = []
+        for i in range(20):  # over 7 s: the daemon generates every 3 s and beats every second
+            counts = backup_database(db, tmp_path / f"lib-{i}.db")
+            assert integrity_ok(tmp_path / f"lib-{i}.db")
+            samples.append(counts["samples"])
+            time.sleep(0.35)
+        assert samples == sorted(samples) and samples[-1] > samples[0], samples
+        tweetgen(home, "backup", str(tmp_path / "copy-0.db"))
         out = tweetgen(home, "backup", str(tmp_path / "copy-0.db"), check=False)
         assert out.returncode == 2 and "already exists" in out.stderr
         saved = tmp_path / "saved"
