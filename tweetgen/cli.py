@@ -311,6 +311,28 @@ def cmd_losses(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    from .backup import backup
+
+    result = backup(settings_from(args), Path(args.file), args.force,
+                    Path(args.checkpoints) if args.checkpoints else None)
+    emit(result.as_dict(), args.json, lambda d: (
+        f"backed up {sum(d['counts'].values())} rows ({d['bytes']} bytes, integrity ok) to {d['file']}"
+        + "".join(f"\ncopied {path}" for path in d["checkpoints"])))
+    return 0
+
+
+def cmd_maintain(args: argparse.Namespace) -> int:
+    from .maintenance import run_maintenance
+
+    settings = settings_from(args, maintenance_vacuum=True if args.vacuum else None)
+    with open_store(settings) as store:
+        result = run_maintenance(settings, store)
+    emit(result, args.json, lambda d: f"deleted {d['deleted']}; WAL checkpoint {d['wal']}"
+         + ("; vacuumed" if d["vacuum"] else ""))
+    return 0
+
+
 def cmd_daemon(args: argparse.Namespace) -> int:
     from .daemon import run_daemon
 
@@ -469,6 +491,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("losses", cmd_losses, "training losses and validation bits/char")
     p.add_argument("--run", type=int)
     p.add_argument("--plot", help="write a PNG of the curves (needs the `plot` extra)")
+
+    p = command("backup", cmd_backup, "copy the database safely while the daemon runs")
+    p.add_argument("file", help="the copy to write (refused if it exists, unless --force)")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    p.add_argument("--checkpoints", metavar="DIR",
+                   help="also copy the promoted and the latest checkpoint into DIR")
+    p = command("maintain", cmd_maintain,
+                "apply the retention settings and checkpoint the WAL now (the daemon does it daily)")
+    p.add_argument("--vacuum", action="store_true", help="also VACUUM (shrinks the file)")
 
     p = command("daemon", cmd_daemon, "run the scheduler in the foreground")
     for flag in DAEMON_FLAGS:

@@ -101,6 +101,14 @@ class Settings:
     heartbeat_seconds: float = 30.0
     db_busy_timeout_seconds: float = 10.0
 
+    # Maintenance (tweetgen.maintenance): retention, applied by a daemon job, and the WAL checkpoint.
+    maintenance_interval_hours: float = 24.0
+    losses_keep_runs: int = 20  # runs whose loss rows are all kept; older runs are thinned
+    losses_thin_every_steps: int = 500  # thinned runs keep steps that are multiples of this (1: all)
+    job_events_keep_days: float = 30.0  # 0: keep for ever
+    rejected_keep_days: float = 30.0  # rejected tweets, from their review; 0: keep for ever
+    maintenance_vacuum: bool = False  # also VACUUM (shrinks the file; blocks writers meanwhile)
+
     # HTTP API (`tweetgen serve`, `tweetgen daemon --http`).
     http_address: str = ""  # HOST:PORT the daemon also serves HTTP on; empty: it does not
     api_token: str = field(default="", repr=False)  # bearer token for writes (env TWEETGEN_API_TOKEN)
@@ -244,16 +252,17 @@ AT_LEAST_ONE = ("embedding_dim", "max_line_chars", "lr_decay_steps", "log_every"
                 "initial_steps", "finetune_min_steps", "finetune_max_steps", "min_new_lines",
                 "samples_per_seed", "max_validation_lines", "novelty_ngram", "vocab_min_count",
                 "vocab_grow_min_count", "max_bad_steps", "cpu_replicas", "idle_patience", "idle_cycle_steps",
-                "candidates_per_tweet",
+                "candidates_per_tweet", "losses_thin_every_steps",
                 # APScheduler 3.x takes a positive grace time (or None); 0 crashes it at start.
                 "misfire_grace_seconds")
 POSITIVE = ("learning_rate", "lr_decay_rate", "finetune_learning_rate", "clip_norm", "finetune_epochs",
             "finetune_interval_minutes", "generate_interval_minutes", "ingest_check_seconds",
             "heartbeat_seconds", "idle_check_seconds", "idle_learning_rate", "webhook_timeout_seconds",
-            "webhook_poll_seconds", "webhook_retry_seconds", "webhook_max_backoff_seconds")
+            "webhook_poll_seconds", "webhook_retry_seconds", "webhook_max_backoff_seconds",
+            "maintenance_interval_hours")
 NOT_NEGATIVE = ("min_learning_rate", "initial_minutes", "replay_ratio", "promote_tolerance_bpc",
                 "db_busy_timeout_seconds", "top_k", "idle_max_hours_per_day", "idle_recent_lines",
-                "min_tweet_chars")
+                "min_tweet_chars", "losses_keep_runs", "job_events_keep_days", "rejected_keep_days")
 STRATEGIES = ("auto", "mirrored", "multi-worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 

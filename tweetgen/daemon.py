@@ -206,6 +206,9 @@ class Daemon:
         if s.webhook_url:
             self.scheduler.add_job(self.outbox_job, "interval", seconds=s.webhook_poll_seconds,
                                    id="outbox", name="outbox", executor="outbox", next_run_time=now)
+        maintenance_every = timedelta(hours=s.maintenance_interval_hours)
+        self._add("maintenance", self.maintenance_job, "interval", hours=s.maintenance_interval_hours,
+                  start_date=now + self._first_maintenance_delay(maintenance_every, now))
         self.scheduler.add_job(self._beat, "interval", seconds=s.heartbeat_seconds, id="heartbeat",
                                executor="light", next_run_time=now)
         log.info("daemon started (pid %d): corpus %s, checkpoints %s, database %s", os.getpid(),
@@ -539,6 +542,22 @@ class Daemon:
         from . import outbox
 
         outbox.deliver(self.settings, self.store, self.stop_event.is_set)
+
+    def maintenance_job(self) -> None:
+        """Retention and the WAL checkpoint (tweetgen.maintenance); no TensorFlow, but it runs
+        between the other jobs like them, so it never deletes under a run that is writing."""
+        from .maintenance import run_maintenance
+
+        run_maintenance(self.settings, self.store)
+
+    def _first_maintenance_delay(self, interval: timedelta, now: datetime) -> timedelta:
+        from .maintenance import LAST_RUN_KEY, first_run_delay
+
+        try:
+            last = self.store.get_meta(LAST_RUN_KEY)
+        except StoreError:
+            last = None
+        return first_run_delay(last, interval, now)
 
 
 def promote_if_nothing_served(manager: Any, checkpoint: Path) -> None:

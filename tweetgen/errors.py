@@ -16,6 +16,10 @@ class GenerationError(ValueError):
     """A generation request that cannot be served; the message names the input."""
 
 
+class BackupError(RuntimeError):
+    """A backup that cannot be made: the target exists, the source is missing, the copy failed."""
+
+
 class LockError(RuntimeError):
     """Another daemon or trainer holds this instance's lock."""
 
@@ -26,5 +30,5 @@ class NonFiniteLossError(RuntimeError):
 
 KNOWN_ERRORS: tuple[type[Exception], ...] = (
     CheckpointError, ConfigError, CorpusError, StoreError, GenerationError, LockError,
-    NonFiniteLossError, PlotUnavailableError,
+    NonFiniteLossError, PlotUnavailableError, BackupError,
 )

@@ -1030,3 +1030,29 @@ class Store:
         with self._lock:
             self.db.execute("PRAGMA query_only = 1")
         return self
+
+    # --- maintenance (tweetgen.maintenance) ---------------------------------
+
+    @_guarded
+    def delete_batch(self, table: str, where: str, params: list[Any], limit: int) -> int:
+        """Delete at most `limit` rows of `table` matching `where` (SQL from tweetgen.maintenance,
+        never from user input); one short transaction, so other writers wait one batch at most."""
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}")
+        with self._transaction():
+            return self.db.execute(
+                f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {where} LIMIT ?)",
+                [*params, limit],
+            ).rowcount
+
+    @_guarded
+    def checkpoint_wal(self) -> dict[str, int]:
+        """Copy the WAL into the database and truncate it to zero bytes. `busy` is 1 when a
+        reader kept part of it (the next checkpoint gets the rest)."""
+        busy, log_pages, done = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return {"busy": busy, "wal_pages": log_pages, "checkpointed_pages": done}
+
+    @_guarded
+    def vacuum(self) -> None:
+        """Rewrite the file without its free pages (needs its size again in free disk space)."""
+        self.db.execute("VACUUM")
