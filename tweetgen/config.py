@@ -65,10 +65,10 @@ class Settings:
     ingest_check_seconds: float = 60.0  # how often to look for min_new_lines waiting
     min_new_lines: int = 200
     replay_ratio: float = 3.0  # old lines replayed per new line
-    finetune_epochs: float = 2.0  # passes over new+replay lines
-    finetune_min_steps: int = 10
+    finetune_epochs: float = 8.0  # passes over new+replay lines (chosen by bench/stream.py)
+    finetune_min_steps: int = 50
     finetune_max_steps: int = 1000
-    finetune_learning_rate: float = 5e-4
+    finetune_learning_rate: float = 2e-4
     promote_tolerance_bpc: float = 0.02
     new_validation_fraction: float = 0.1  # share of appended lines held out to judge a fine-tune
     idle_training: bool = True  # train the latest model on the whole corpus when no job is due
