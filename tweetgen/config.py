@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import tomllib
@@ -10,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -34,10 +37,10 @@ class Settings:
 
     # Training.
     batch_size: int = 64
-    learning_rate: float = 2e-3
-    lr_decay_rate: float = 0.5
-    lr_decay_steps: int = 4000
-    min_learning_rate: float = 2e-4
+    learning_rate: float = 2e-3  # the peak of each run's schedule
+    lr_schedule: str = "cosine"  # anneal to min_learning_rate over the run's plan: or "exponential"
+    lr_warmup_steps: int = 100  # linear warm-up at the start of every run (at most 1/10 of a step plan)
+    min_learning_rate: float = 2e-4  # reached exactly at the end of each run's plan
     clip_norm: float = 5.0
     validation_fraction: float = 0.05
     max_validation_lines: int = 1000  # a stable subset, so validation cost stays bounded
@@ -175,17 +178,26 @@ def _convert(name: str, value: Any, origin: str) -> Any:
 
 
 # Settings whose zero or negative value would divide by zero, never fire, or stop nothing.
-AT_LEAST_ONE = ("embedding_dim", "max_line_chars", "lr_decay_steps", "log_every", "checkpoint_every",
+AT_LEAST_ONE = ("embedding_dim", "max_line_chars", "log_every", "checkpoint_every",
                 "initial_steps", "finetune_min_steps", "finetune_max_steps", "min_new_lines",
                 "samples_per_seed", "max_validation_lines", "novelty_ngram", "vocab_min_count",
                 "vocab_grow_min_count", "max_bad_steps", "cpu_replicas")
-POSITIVE = ("learning_rate", "lr_decay_rate", "finetune_learning_rate", "clip_norm", "finetune_epochs",
+POSITIVE = ("learning_rate", "finetune_learning_rate", "clip_norm", "finetune_epochs",
             "finetune_interval_minutes", "generate_interval_minutes", "ingest_check_seconds",
             "heartbeat_seconds")
-NOT_NEGATIVE = ("min_learning_rate", "initial_minutes", "replay_ratio", "promote_tolerance_bpc",
-                "db_busy_timeout_seconds", "misfire_grace_seconds", "top_k")
+NOT_NEGATIVE = ("min_learning_rate", "lr_warmup_steps", "initial_minutes", "replay_ratio",
+                "promote_tolerance_bpc", "db_busy_timeout_seconds", "misfire_grace_seconds", "top_k")
 STRATEGIES = ("auto", "mirrored", "multi-worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+LR_SCHEDULES = ("cosine", "exponential")
+# Settings that no longer exist: a file or environment that still sets one gets a warning naming
+# what replaced it, and the value is ignored (so an upgraded daemon still starts).
+REMOVED_SETTINGS = {
+    "lr_decay_rate": "the learning rate now anneals over each run's planned length (lr_schedule, "
+                     "min_learning_rate)",
+    "lr_decay_steps": "the learning rate now anneals over each run's planned length (lr_schedule, "
+                      "min_learning_rate)",
+}
 
 
 def _validate(settings: Settings) -> None:
@@ -214,6 +226,11 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"{name} must be a number >= 0, got {value}")
     if settings.strategy not in STRATEGIES:
         raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {settings.strategy!r}")
+    if settings.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                          f"got {settings.lr_schedule!r}")
+    if settings.lr_schedule == "exponential" and settings.min_learning_rate <= 0:
+        raise ConfigError("lr_schedule 'exponential' needs min_learning_rate > 0")
     if settings.precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {settings.precision!r}")
     for address in settings.workers:
@@ -231,6 +248,10 @@ def apply(settings: Settings, values: Mapping[str, Any], origin: str) -> Setting
     """A copy of `settings` with `values` applied; unknown names are errors, None is skipped."""
     changes = {}
     for name, value in values.items():
+        if name in REMOVED_SETTINGS:
+            log.warning("%s: setting %r is no longer used and is ignored: %s; remove it", origin, name,
+                        REMOVED_SETTINGS[name])
+            continue
         if name not in SETTING_NAMES:
             raise ConfigError(f"{origin}: unknown setting {name!r}; see README 'Configuration'")
         if value is not None:
@@ -246,7 +267,7 @@ def apply(settings: Settings, values: Mapping[str, Any], origin: str) -> Setting
 def env_values(environ: Mapping[str, str]) -> dict[str, str]:
     """TWEETGEN_<NAME> variables for known settings (TWEETGEN_HOME included)."""
     out = {}
-    for name in SETTING_NAMES:
+    for name in SETTING_NAMES | set(REMOVED_SETTINGS):
         key = "TWEETGEN_" + name.upper()
         if key in environ:
             out[name] = environ[key]

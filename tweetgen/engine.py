@@ -194,16 +194,24 @@ class TrainOutcome:
 def train(settings: Settings, steps: int | None = None, minutes: float | None = None,
           should_stop: Callable[[], bool] = lambda: False, store: Store | None = None,
           on_log: Callable[[StepLog], None] | None = None, kind: str = "train") -> TrainOutcome:
-    """Train from scratch, or continue from the latest checkpoint, for a step or time budget."""
+    """Train from scratch, or continue from the latest checkpoint, for a step or time budget.
+
+    A budget (steps, minutes or both) is a new plan: the learning rate warms up and anneals to
+    its floor at its end. Without one, a plan that a stop left unfinished is resumed where it
+    stopped (the same schedule; a timed plan trains the time it had left), else a new plan of
+    initial_minutes (when > 0) or initial_steps starts."""
     corpus.ensure_corpus(settings.corpus_file, settings.max_tweet_chars)
     manager = checkpoint_manager(settings)
     trainer = load_latest_trainer(settings, manager)
     if trainer is None:
         trainer = Trainer.fresh(settings, build_vocab(settings))
     job = continued_or_new_job(settings, trainer, manager)
-    budget = steps if steps is not None else (None if minutes else settings.initial_steps)
-    job.target_step = trainer.step + budget if budget is not None else 2**62
-    deadline = time.monotonic() + minutes * 60 if minutes else None
+    resuming = steps is None and minutes is None and job.start_step is not None and not job.done
+    if not resuming:
+        if steps is None and minutes is None:
+            steps, minutes = (None, settings.initial_minutes) if settings.initial_minutes \
+                else (settings.initial_steps, None)
+        job.new_plan(trainer.step, steps, minutes * 60 if minutes else None)
     data = build_data(settings, trainer.vocab, job)
     if data.unknown_chars:
         log.info("%d characters of the training lines are not in the vocabulary (trained as <unk>)",
@@ -218,9 +226,9 @@ def train(settings: Settings, steps: int | None = None, minutes: float | None = 
             on_log(entry)
 
     log.info("training from step %d on %d lines (%d validation), %s", trainer.step, len(data.train),
-             len(data.validation), f"{budget} steps" if budget else f"{minutes} minutes")
+             len(data.validation), describe_plan(job, resuming))
     try:
-        result = trainer.run(job, data, manager, deadline, should_stop, both, recorder.on_checkpoint)
+        result = trainer.run(job, data, manager, None, should_stop, both, recorder.on_checkpoint)
     except Exception as exc:
         if store:
             store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}",
@@ -231,6 +239,16 @@ def train(settings: Settings, steps: int | None = None, minutes: float | None = 
                          steps=result.steps, val_bpc_after=result.val_bpc,
                          checkpoint_id=recorder.last_checkpoint_id, bad_steps=result.bad_steps)
     return TrainOutcome(result, run_id, trainer)
+
+
+def describe_plan(job: TrainJob, resuming: bool) -> str:
+    parts = []
+    if job.planned_steps() is not None:
+        parts.append(f"{job.planned_steps()} steps from step {job.start_step}")
+    if job.planned_seconds:
+        parts.append(f"{job.planned_seconds / 60:g} minutes")
+    resumed = f", resumed ({job.elapsed_seconds:.0f} s trained)" if resuming else ""
+    return "a plan of " + " or ".join(parts) + resumed
 
 
 def continued_or_new_job(settings: Settings, trainer: Trainer, manager: CheckpointManager) -> TrainJob:
