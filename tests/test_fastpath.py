@@ -11,7 +11,7 @@ import tensorflow as tf
 from tweetgen import model as model_module
 from tweetgen.generate import Generator
 from tweetgen.model import build_model, gru_sequence, use_fast_gru
-from tweetgen.train import masked_mean_loss
+from tweetgen.train import make_optimizer, make_train_step, masked_mean_loss
 from tweetgen.vocab import PAD, UNK
 
 CONFIG = {"input_mode": "embedding", "embedding_dim": 8, "gru_sizes": [12, 20], "dropout": 0.25}
@@ -82,6 +82,36 @@ def test_the_model_gives_the_same_on_both_routes(monkeypatch) -> None:
         want = tf.convert_to_tensor(want).numpy()
         np.testing.assert_allclose(tf.convert_to_tensor(got).numpy(), want, rtol=1e-4,
                                    atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("clip_norm", [100.0, 0.05])  # clipping off, and clipping every step
+def test_both_routes_take_the_same_optimizer_steps(monkeypatch, clip_norm: float) -> None:
+    """Several compiled train steps from the same weights on the same batches give the same
+    weights and Adam slots on both routes. Batches repeat ids in a row, so the Keras route's
+    sparse embedding gradient (IndexedSlices with repeated indices) must reach clipping and Adam
+    summed per id, as the fast route's dense one does."""
+    models = {}
+    for route in ("1", "0"):
+        monkeypatch.setenv("TWEETGEN_FAST_GRU", route)
+        keras.utils.set_random_seed(11)
+        models[route] = build_model(30, CONFIG)
+    for source, target in zip(models["1"].weights, models["0"].weights):
+        target.assign(source)
+    initial = [w.numpy() for w in models["1"].weights]
+    rng = np.random.default_rng(5)
+    batches = [rng.integers(1, 6, (4, 13)).astype(np.int32) for _ in range(4)]  # few ids, repeated
+    results = {}
+    for route, model in models.items():
+        optimizer = make_optimizer(model, 1e-2)
+        step = make_train_step(model, optimizer, clip_norm)
+        norms = [float(step(tf.constant(b), tf.constant([3, i], tf.int64), tf.constant(1.0))[1])
+                 for i, b in enumerate(batches)]
+        results[route] = norms, [w.numpy() for w in model.weights], [v.numpy() for v in optimizer.variables]
+    (fast_norms, fast_weights, fast_slots), (plain_norms, plain_weights, plain_slots) = results.values()
+    np.testing.assert_allclose(fast_norms, plain_norms, rtol=1e-5)
+    assert all(not np.allclose(w, b) for w, b in zip(fast_weights, initial))
+    for got, want in zip(fast_weights + fast_slots, plain_weights + plain_slots, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 + 1e-4 * np.abs(want).max())
 
 
 def test_a_gpu_gets_the_keras_layer(monkeypatch) -> None:

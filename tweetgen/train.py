@@ -157,7 +157,12 @@ def make_train_step(model: CharGRU, optimizer: keras.optimizers.Optimizer, clip_
         with tf.GradientTape() as tape:
             # loss_scale is 1.0 in normal use; fault tests pass NaN to inject a bad step.
             loss = masked_mean_loss(model, batch, dropout_seed=seed) * loss_scale
-        grads = tape.gradient(loss, variables)
+        # Dense gradients: the Keras embedding's is sparse (IndexedSlices) with one row per
+        # character, repeated ids unsummed; clip_by_global_norm would take the norm of those rows
+        # and Adam square them one by one (its second moment then too small, so the embedding's
+        # steps many times the learning rate). Densified, the repeats are summed per id, and both
+        # GRU paths take the same step (tests/test_fastpath.py). The table is small.
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
         clipped, norm = tf.clip_by_global_norm(grads, clip_norm)
         finite = tf.logical_and(tf.math.is_finite(loss), tf.math.is_finite(norm))
 
