@@ -197,3 +197,17 @@ def test_trainer_grow_vocab_trains_saves_and_reloads(tmp_path, make_settings) ->
     reloaded = Trainer.from_checkpoint(settings, manager.load_latest())
     assert reloaded.vocab == trainer.vocab and reloaded.step == 6
     assert reloaded.model.vocab_size == trainer.vocab.size
+
+
+def test_the_vocabulary_counts_training_lines_only(make_settings, tmp_path) -> None:
+    from conftest import write_corpus
+
+    from tweetgen import corpus
+    from tweetgen.engine import build_vocab
+
+    settings = make_settings(tmp_path, vocab_min_count=1, validation_fraction=0.2)
+    held_out = next(f"only here {c}" for c in "§¶†‡◊∆Ω≈√∫µ≤≥÷" if corpus.is_validation(f"only here {c}", 0.2))
+    trained = next(f"trained {c}" for c in "àáâãäåæçèéêë" if not corpus.is_validation(f"trained {c}", 0.2))
+    write_corpus(settings.corpus_file, ["plain words", held_out, trained])
+    vocab = build_vocab(settings)
+    assert held_out[-1] not in vocab and trained[-1] in vocab and "w" in vocab

@@ -23,7 +23,7 @@ from .model import CharGRU
 from .novelty import NoveltyIndex
 from .store import Store, StoreError
 from .train import StepLog, bits_per_char, encode_lines
-from .trainer import RunResult, Trainer, TrainJob, build_data, model_from_checkpoint
+from .trainer import RunResult, Trainer, TrainJob, build_data, model_from_checkpoint, split_lines
 from .vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -99,11 +99,14 @@ def load_latest_trainer(settings: Settings, manager: CheckpointManager) -> Train
 
 
 def build_vocab(settings: Settings) -> Vocab:
+    """The vocabulary of the corpus's training lines: validation lines are not counted, so a
+    character seen only in them is <unk> to the model, as any unseen text would be."""
     lines = corpus.read_lines(settings.corpus_file).lines
     if not lines:
         raise corpus.CorpusError(f"corpus {settings.corpus_file} has no usable lines; append some text")
-    vocab = Vocab.build(lines, settings.vocab_min_count)
-    log.info("vocabulary: %d characters (+3 reserved) from %d lines", len(vocab.chars), len(lines))
+    train, _ = split_lines(lines, settings.validation_fraction)
+    vocab = Vocab.build(train, settings.vocab_min_count)
+    log.info("vocabulary: %d characters (+3 reserved) from %d training lines", len(vocab.chars), len(train))
     return vocab
 
 
