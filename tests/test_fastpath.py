@@ -114,6 +114,27 @@ def test_both_routes_take_the_same_optimizer_steps(monkeypatch, clip_norm: float
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 + 1e-4 * np.abs(want).max())
 
 
+def test_bfloat16_multiplies_stay_close_to_float32(monkeypatch) -> None:
+    """The fast path with its multiplies' operands in bfloat16 gives float32 losses and gradients
+    within bfloat16's rounding of the float32 path's (and not the very same: it does round)."""
+    monkeypatch.setenv("TWEETGEN_FAST_GRU", "1")
+    keras.utils.set_random_seed(2)
+    model = build_model(30, CONFIG)
+    ids = tf.constant(np.random.default_rng(1).integers(0, 30, (6, 21)).astype(np.int32))
+    seed = tf.constant([1, 2], tf.int64)
+    results = []
+    for dtype in (tf.float32, tf.bfloat16):
+        with tf.GradientTape() as tape:
+            loss = masked_mean_loss(model, ids, dropout_seed=seed, matmul_dtype=dtype)
+        grads = tape.gradient(loss, model.trainable_variables)
+        assert loss.dtype == tf.float32 and all(g.dtype == tf.float32 for g in grads)
+        results.append((float(loss), [tf.convert_to_tensor(g).numpy() for g in grads]))
+    (loss32, grads32), (loss16, grads16) = results
+    assert loss16 == pytest.approx(loss32, rel=1e-2) and loss16 != loss32
+    for got, want in zip(grads16, grads32, strict=True):
+        np.testing.assert_allclose(got, want, atol=0.05 * np.abs(want).max())
+
+
 def test_a_gpu_gets_the_keras_layer(monkeypatch) -> None:
     monkeypatch.delenv("TWEETGEN_FAST_GRU", raising=False)
     monkeypatch.setattr(model_module.tf.config, "list_physical_devices",

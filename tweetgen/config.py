@@ -58,6 +58,8 @@ class Settings:
     workers: tuple[str, ...] = ()  # "multi-worker" without TF_CONFIG: HOST:PORT of each, chief first
     worker_index: int = 0  # this process's place in `workers` (env TWEETGEN_WORKER_INDEX)
     precision: str = "float32"  # or "mixed_float16" / "mixed_bfloat16" (the loss stays float32)
+    cpu_threads: int = 0  # TensorFlow's intra-op threads; 0: the cores this process may use
+    cpu_matmul_precision: str = "auto"  # fast GRU path multiplies: "auto", "float32" or "bfloat16"
 
     # Fine-tuning on appended lines.
     finetune_interval_minutes: float = 30.0
@@ -185,11 +187,12 @@ AT_LEAST_ONE = ("embedding_dim", "max_line_chars", "log_every", "checkpoint_ever
 POSITIVE = ("learning_rate", "finetune_learning_rate", "clip_norm", "finetune_epochs",
             "finetune_interval_minutes", "generate_interval_minutes", "ingest_check_seconds",
             "heartbeat_seconds")
-NOT_NEGATIVE = ("min_learning_rate", "lr_warmup_steps", "initial_minutes", "replay_ratio",
+NOT_NEGATIVE = ("min_learning_rate", "lr_warmup_steps", "cpu_threads", "initial_minutes", "replay_ratio",
                 "promote_tolerance_bpc", "db_busy_timeout_seconds", "misfire_grace_seconds", "top_k")
 STRATEGIES = ("auto", "mirrored", "multi-worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 LR_SCHEDULES = ("cosine", "exponential")
+MATMUL_PRECISIONS = ("auto", "float32", "bfloat16")
 # Settings that no longer exist: a file or environment that still sets one gets a warning naming
 # what replaced it, and the value is ignored (so an upgraded daemon still starts).
 REMOVED_SETTINGS = {
@@ -231,6 +234,9 @@ def _validate(settings: Settings) -> None:
                           f"got {settings.lr_schedule!r}")
     if settings.lr_schedule == "exponential" and settings.min_learning_rate <= 0:
         raise ConfigError("lr_schedule 'exponential' needs min_learning_rate > 0")
+    if settings.cpu_matmul_precision not in MATMUL_PRECISIONS:
+        raise ConfigError(f"cpu_matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}, "
+                          f"got {settings.cpu_matmul_precision!r}")
     if settings.precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {settings.precision!r}")
     for address in settings.workers:

@@ -49,6 +49,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from . import cpu
 from .config import ConfigError, Settings
 from .model import CharGRU, build_model
 from .train import make_eval_fn as single_device_eval_fn
@@ -69,6 +70,7 @@ def strategy_for(settings: Settings) -> tf.distribute.Strategy:
     """The strategy of these settings, created once per process (call it before TensorFlow starts
     its devices for `mirrored` on logical CPUs and for `multi-worker`)."""
     key = (settings.strategy, settings.cpu_replicas, settings.workers, settings.worker_index)
+    cpu.configure_threads(settings)
     if key not in _strategies:
         strategy = _create(settings)
         if not is_default(strategy):
@@ -233,7 +235,8 @@ def make_train_step(strategy: tf.distribute.Strategy, settings: Settings, model:
     (batch, seed, fault loss multiplier) -> (loss, gradient norm, applied)."""
     loss_scale = DynamicLossScale(strategy) if settings.precision == "mixed_float16" else None
     if is_default(strategy) and loss_scale is None:
-        return single_device_train_step(model, optimizer, settings.clip_norm)
+        dtype = tf.bfloat16 if cpu.matmul_dtype_name(settings) == "bfloat16" else tf.float32
+        return single_device_train_step(model, optimizer, settings.clip_norm, dtype)
     variables = model.trainable_variables
     replicas = strategy.num_replicas_in_sync
     clip_norm = settings.clip_norm

@@ -105,8 +105,9 @@ def masked_loss_sum(targets: tf.Tensor, logits: tf.Tensor) -> tuple[tf.Tensor, t
     return tf.reduce_sum(losses * mask), tf.reduce_sum(mask)
 
 
-def masked_mean_loss(model: CharGRU, batch: tf.Tensor, dropout_seed: tf.Tensor | None = None) -> tf.Tensor:
-    logits = model(batch[:, :-1], dropout_seed=dropout_seed)
+def masked_mean_loss(model: CharGRU, batch: tf.Tensor, dropout_seed: tf.Tensor | None = None,
+                     matmul_dtype: tf.DType = tf.float32) -> tf.Tensor:
+    logits = model(batch[:, :-1], dropout_seed=dropout_seed, matmul_dtype=matmul_dtype)
     total, count = masked_loss_sum(batch[:, 1:], logits)
     return total / tf.maximum(count, 1.0)
 
@@ -144,8 +145,10 @@ def make_optimizer(model: CharGRU, learning_rate: float) -> keras.optimizers.Opt
     return optimizer
 
 
-def make_train_step(model: CharGRU, optimizer: keras.optimizers.Optimizer, clip_norm: float):
-    """A compiled step: masked loss, gradients clipped by global norm, applied only if finite."""
+def make_train_step(model: CharGRU, optimizer: keras.optimizers.Optimizer, clip_norm: float,
+                    matmul_dtype: tf.DType = tf.float32):
+    """A compiled step: masked loss, gradients clipped by global norm, applied only if finite.
+    matmul_dtype: see CharGRU.call (the loss and the optimizer stay float32)."""
     variables = model.trainable_variables
 
     @tf.function(
@@ -156,7 +159,7 @@ def make_train_step(model: CharGRU, optimizer: keras.optimizers.Optimizer, clip_
     def train_step(batch: tf.Tensor, seed: tf.Tensor, loss_scale: tf.Tensor):
         with tf.GradientTape() as tape:
             # loss_scale is 1.0 in normal use; fault tests pass NaN to inject a bad step.
-            loss = masked_mean_loss(model, batch, dropout_seed=seed) * loss_scale
+            loss = masked_mean_loss(model, batch, dropout_seed=seed, matmul_dtype=matmul_dtype) * loss_scale
         # Dense gradients: the Keras embedding's is sparse (IndexedSlices) with one row per
         # character, repeated ids unsummed; clip_by_global_norm would take the norm of those rows
         # and Adam square them one by one (its second moment then too small, so the embedding's
