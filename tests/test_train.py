@@ -311,6 +311,21 @@ def test_engine_train_resumes_a_stopped_plan_exactly(make_settings, tmp_path) ->
     assert rates[-1] == pytest.approx(two.min_learning_rate)
 
 
+def test_a_finetune_plans_its_own_schedule_from_the_step_it_starts_at(make_settings, tmp_path) -> None:
+    settings, vocab, end = _setup(make_settings, tmp_path, log_every=1, lr_warmup_steps=100)
+    trainer = Trainer.fresh(settings, vocab)
+    trainer.step = 40  # as if trained before; the fine-tune's plan starts here
+    job = TrainJob("finetune", 1, 0, end, 60, learning_rate=5e-3)
+    rates: list[float] = []
+    trainer.run(job, build_data(settings, vocab, job), CheckpointManager(settings.checkpoints),
+                on_log=lambda entry: rates.append(entry.learning_rate))
+    assert job.start_step == 40 and len(rates) == 20
+    assert rates[0] == pytest.approx(5e-3 / 2, rel=2e-2)  # warm-up: at most a tenth of the plan
+    assert max(rates) == pytest.approx(5e-3, rel=5e-2)
+    assert rates == sorted(rates[:2]) + sorted(rates[2:], reverse=True)  # up, then down
+    assert rates[-1] == pytest.approx(settings.min_learning_rate, rel=1e-3)
+
+
 def test_a_timed_plan_carries_its_elapsed_time_into_the_resumed_run(make_settings, tmp_path) -> None:
     settings, vocab, end = _setup(make_settings, tmp_path)
     job = TrainJob("train", 1, 0, end, 0)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import corpus
+from . import corpus, cpu
 from .checkpoints import Checkpoint, CheckpointError, CheckpointManager, load_checkpoint, read_meta
 from .config import Settings
 from .generate import Generator, Sample
@@ -280,6 +280,7 @@ def _meta_or_none(path: Path) -> dict | None:
 def open_generator(settings: Settings, checkpoint: str | None = None,
                    with_novelty: bool = True) -> tuple[Generator, Checkpoint]:
     """A generator on the named, promoted or latest checkpoint (falling back when corrupt)."""
+    cpu.configure_threads(settings)  # before TensorFlow starts, when it has not yet
     ckpt, model, vocab = load_usable_checkpoint(checkpoint_manager(settings), checkpoint)
     novelty = None
     if with_novelty and settings.corpus_file.exists():
