@@ -234,8 +234,9 @@ def make_train_step(strategy: tf.distribute.Strategy, settings: Settings, model:
     """The compiled step, with tweetgen.train.make_train_step's signature and results
     (batch, seed, fault loss multiplier) -> (loss, gradient norm, applied)."""
     loss_scale = DynamicLossScale(strategy) if settings.precision == "mixed_float16" else None
+    # The CPU fast GRU path's multiplies (tweetgen.cpu); the Keras GRU layers ignore it.
+    dtype = tf.bfloat16 if cpu.matmul_dtype_name(settings) == "bfloat16" else tf.float32
     if is_default(strategy) and loss_scale is None:
-        dtype = tf.bfloat16 if cpu.matmul_dtype_name(settings) == "bfloat16" else tf.float32
         return single_device_train_step(model, optimizer, settings.clip_norm, dtype)
     variables = model.trainable_variables
     replicas = strategy.num_replicas_in_sync
@@ -261,7 +262,7 @@ def make_train_step(strategy: tf.distribute.Strategy, settings: Settings, model:
         targets = tf.reduce_sum(tf.cast(tf.not_equal(batch[:, 1:], PAD), tf.float32))
         dropout_seed = tf.random.experimental.stateless_fold_in(seed, replica)
         with tf.GradientTape() as tape:
-            logits = model(shard[:, :-1], dropout_seed=dropout_seed)
+            logits = model(shard[:, :-1], dropout_seed=dropout_seed, matmul_dtype=dtype)
             total, _ = masked_loss_sum(shard[:, 1:], logits)
             # This replica's share of the global batch's mean loss (fault_scale is 1.0 but in tests).
             loss = total / tf.maximum(targets, 1.0) * fault_scale

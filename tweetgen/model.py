@@ -45,10 +45,10 @@ def use_fast_gru() -> bool:
 
 def matmul(a: tf.Tensor, b: tf.Tensor, dtype: tf.DType = tf.float32, **kwargs: Any) -> tf.Tensor:
     """a @ b with its operands rounded to `dtype` (bfloat16: the CPU's AMX/AVX512-BF16 units),
-    accumulated and returned in float32; float32 is a plain matmul."""
-    if dtype == tf.float32:
+    accumulated in float32 and returned in a's dtype; float32 is a plain matmul."""
+    if dtype == tf.float32:  # no rounding: the operands' own dtype (float16 under mixed precision)
         return tf.matmul(a, b, **kwargs)
-    return tf.cast(tf.matmul(tf.cast(a, dtype), tf.cast(b, dtype), **kwargs), tf.float32)
+    return tf.cast(tf.matmul(tf.cast(a, dtype), tf.cast(b, dtype), **kwargs), a.dtype)
 
 
 def gru_sequence(gru: keras.layers.GRU, x: tf.Tensor | None,
@@ -95,7 +95,7 @@ def _recurrence(projected, initial, recurrent_kernel, recurrent_bias, matmul_dty
     """The forward pass and the gradient function of _gru_recurrence (see there)."""
     units = recurrent_kernel.shape[0]
     # Rounded once, not at every step.
-    step_kernel = tf.cast(recurrent_kernel, matmul_dtype)
+    step_kernel = recurrent_kernel if matmul_dtype == tf.float32 else tf.cast(recurrent_kernel, matmul_dtype)
     steps = tf.shape(projected)[0]
     inputs = tf.TensorArray(projected.dtype, size=steps).unstack(projected)
 
