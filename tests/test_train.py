@@ -183,6 +183,10 @@ def test_learning_rate_warms_up_then_anneals_to_its_floor_at_the_end_of_the_plan
     assert learning_rate_at(1.0, 99, peak, floor, 4, "exponential") == pytest.approx(floor)
     rates = [learning_rate_at(p / 10, 10 + p, peak, floor, 4) for p in range(11)]
     assert rates == sorted(rates, reverse=True)
+    # A short plan ends its warm-up at a tenth of its progress, whatever warmup_steps says.
+    unwarmed = learning_rate_at(0.05, 0, peak, floor)
+    assert learning_rate_at(0.05, 0, peak, floor, 1000) == pytest.approx(unwarmed / 2)
+    assert learning_rate_at(0.1, 1, peak, floor, 1000) == pytest.approx(learning_rate_at(0.1, 1, peak, floor))
     assert learning_rate_at(0.0, 10, 5e-4, floor) == pytest.approx(5e-4)  # a peak below the floor
     assert learning_rate_at(1.0, 10, 5e-4, floor) == pytest.approx(5e-4)
 

@@ -39,7 +39,7 @@ class Settings:
     batch_size: int = 64
     learning_rate: float = 2e-3  # the peak of each run's schedule
     lr_schedule: str = "cosine"  # anneal to min_learning_rate over the run's plan: or "exponential"
-    lr_warmup_steps: int = 100  # linear warm-up at the start of every run (at most 1/10 of a step plan)
+    lr_warmup_steps: int = 100  # linear warm-up at the start of every run (at most 1/10 of its plan)
     min_learning_rate: float = 2e-4  # reached exactly at the end of each run's plan
     clip_norm: float = 5.0
     validation_fraction: float = 0.05

@@ -182,19 +182,25 @@ def make_train_step(model: CharGRU, optimizer: keras.optimizers.Optimizer, clip_
 SCHEDULES = ("cosine", "exponential")
 
 
+WARMUP_SHARE = 0.1  # the warm-up never takes more than this share of a plan
+
+
 def learning_rate_at(progress: float, steps_done: int, peak: float, floor: float,
                      warmup_steps: int = 0, shape: str = "cosine") -> float:
     """The learning rate `progress` (0 to 1) of the way through a run's plan, `steps_done` steps
-    into it: a linear warm-up over the first `warmup_steps` steps, times an anneal from `peak`
-    down to `floor` (cosine, or exponential, in the progress fraction) that reaches the floor
-    exactly at progress 1. A floor above the peak (a fine-tune's low peak) is the peak."""
+    into it: a linear warm-up over the first `warmup_steps` steps (ended early when a short plan
+    reaches WARMUP_SHARE of its progress), times an anneal from `peak` down to `floor` (cosine, or
+    exponential, in the progress fraction) that reaches the floor exactly at progress 1. A floor
+    above the peak (a fine-tune's low peak) is the peak."""
     progress = min(max(progress, 0.0), 1.0)
     floor = min(floor, peak)
     if shape == "exponential" and floor > 0:
         annealed = peak * (floor / peak) ** progress
     else:
         annealed = floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    warm = min(1.0, (steps_done + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    warm = 1.0
+    if warmup_steps > 0:
+        warm = min(1.0, max((steps_done + 1) / warmup_steps, progress / WARMUP_SHARE))
     return annealed * warm
 
 

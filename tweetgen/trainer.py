@@ -259,14 +259,12 @@ class Trainer:
 
     def learning_rate(self, job: TrainJob) -> float:
         """The job's schedule at the current step: warm-up, then an anneal to the floor that
-        ends with the plan. A short step plan warms up over at most a tenth of its steps."""
+        ends with the plan (see tweetgen.train.learning_rate_at)."""
         s = self.settings
         peak = job.learning_rate if job.learning_rate is not None else s.learning_rate
-        planned = job.planned_steps()
-        warmup = s.lr_warmup_steps if planned is None else min(s.lr_warmup_steps, planned // 10)
         steps_done = self.step - (job.start_step if job.start_step is not None else self.step)
         return learning_rate_at(job.progress(self.step), steps_done, peak, s.min_learning_rate,
-                                warmup, s.lr_schedule)
+                                s.lr_warmup_steps, s.lr_schedule)
 
     def run(self, job: TrainJob, data: TrainData, manager: CheckpointManager,
             deadline: float | None = None, should_stop: Callable[[], bool] = lambda: False,
