@@ -203,6 +203,7 @@ def train(settings: Settings, steps: int | None = None, minutes: float | None = 
     its floor at its end. Without one, a plan that a stop left unfinished is resumed where it
     stopped (the same schedule; a timed plan trains the time it had left), else a new plan of
     initial_minutes (when > 0) or initial_steps starts."""
+    minutes = minutes or None  # 0 minutes is no time budget, as before
     corpus.ensure_corpus(settings.corpus_file, settings.max_tweet_chars)
     manager = checkpoint_manager(settings)
     trainer = load_latest_trainer(settings, manager)
