@@ -114,6 +114,26 @@ def test_both_routes_take_the_same_optimizer_steps(monkeypatch, clip_norm: float
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 + 1e-4 * np.abs(want).max())
 
 
+def test_the_embedding_steps_its_scale_times_adams_step() -> None:
+    batch = tf.constant(np.random.default_rng(3).integers(1, 30, (4, 9)).astype(np.int32))
+    seed = tf.constant([1, 1], tf.int64)
+    results = []
+    for scale in (1.0, 4.0):
+        keras.utils.set_random_seed(5)
+        model = build_model(30, CONFIG)
+        start = [w.numpy() for w in model.weights]
+        optimizer = make_optimizer(model, 1e-2)
+        make_train_step(model, optimizer, 1.0, embedding_lr_scale=scale)(batch, seed, tf.constant(1.0))
+        moved = [w.numpy() - s for w, s in zip(model.weights, start)]
+        results.append((moved, [v.numpy() for v in optimizer.variables]))
+    (plain, plain_slots), (scaled, scaled_slots) = results
+    assert model.weights[0] is model.embed.embeddings  # the embedding comes first
+    assert np.abs(plain[0]).max() > 1e-3
+    np.testing.assert_allclose(scaled[0], 4.0 * plain[0], rtol=1e-4, atol=1e-7)
+    for a, b in zip(plain[1:] + plain_slots, scaled[1:] + scaled_slots, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-8)
+
+
 def test_bfloat16_multiplies_stay_close_to_float32(monkeypatch) -> None:
     """The fast path with its multiplies' operands in bfloat16 gives float32 losses and gradients
     within bfloat16's rounding of the float32 path's (and not the very same: it does round)."""

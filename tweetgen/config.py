@@ -41,6 +41,7 @@ class Settings:
     lr_schedule: str = "cosine"  # anneal to min_learning_rate over the run's plan: or "exponential"
     lr_warmup_steps: int = 100  # linear warm-up at the start of every run (at most 1/10 of its plan)
     min_learning_rate: float = 2e-4  # reached exactly at the end of each run's plan
+    embedding_lr_scale: float = 1.0  # the embedding's Adam steps, relative to the other weights'
     clip_norm: float = 5.0
     validation_fraction: float = 0.05
     max_validation_lines: int = 1000  # a stable subset, so validation cost stays bounded
@@ -184,7 +185,7 @@ AT_LEAST_ONE = ("embedding_dim", "max_line_chars", "log_every", "checkpoint_ever
                 "initial_steps", "finetune_min_steps", "finetune_max_steps", "min_new_lines",
                 "samples_per_seed", "max_validation_lines", "novelty_ngram", "vocab_min_count",
                 "vocab_grow_min_count", "max_bad_steps", "cpu_replicas")
-POSITIVE = ("learning_rate", "finetune_learning_rate", "clip_norm", "finetune_epochs",
+POSITIVE = ("learning_rate", "finetune_learning_rate", "embedding_lr_scale", "clip_norm", "finetune_epochs",
             "finetune_interval_minutes", "generate_interval_minutes", "ingest_check_seconds",
             "heartbeat_seconds")
 NOT_NEGATIVE = ("min_learning_rate", "lr_warmup_steps", "cpu_threads", "initial_minutes", "replay_ratio",

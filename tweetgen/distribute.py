@@ -237,7 +237,11 @@ def make_train_step(strategy: tf.distribute.Strategy, settings: Settings, model:
     # The CPU fast GRU path's multiplies (tweetgen.cpu); the Keras GRU layers ignore it.
     dtype = tf.bfloat16 if cpu.matmul_dtype_name(settings) == "bfloat16" else tf.float32
     if is_default(strategy) and loss_scale is None:
-        return single_device_train_step(model, optimizer, settings.clip_norm, dtype)
+        return single_device_train_step(model, optimizer, settings.clip_norm, dtype,
+                                        settings.embedding_lr_scale)
+    if settings.embedding_lr_scale != 1.0:
+        raise ConfigError("embedding_lr_scale other than 1 is supported on one device in float32 "
+                          "or bfloat16 only; set it to 1 with this strategy or precision")
     variables = model.trainable_variables
     replicas = strategy.num_replicas_in_sync
     clip_norm = settings.clip_norm

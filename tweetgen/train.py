@@ -146,10 +146,13 @@ def make_optimizer(model: CharGRU, learning_rate: float) -> keras.optimizers.Opt
 
 
 def make_train_step(model: CharGRU, optimizer: keras.optimizers.Optimizer, clip_norm: float,
-                    matmul_dtype: tf.DType = tf.float32):
+                    matmul_dtype: tf.DType = tf.float32, embedding_lr_scale: float = 1.0):
     """A compiled step: masked loss, gradients clipped by global norm, applied only if finite.
-    matmul_dtype: see CharGRU.call (the loss and the optimizer stay float32)."""
+    matmul_dtype: see CharGRU.call (the loss and the optimizer stay float32).
+    embedding_lr_scale: the embedding's Adam update is this many times the others' (its step is
+    extrapolated after the optimizer's; Adam's moments are untouched, checkpoints unchanged)."""
     variables = model.trainable_variables
+    embedding = getattr(model.embed, "embeddings", None) if embedding_lr_scale != 1.0 else None
 
     @tf.function(
         input_signature=[tf.TensorSpec((None, None), tf.int32), tf.TensorSpec((2,), tf.int64),
@@ -170,7 +173,11 @@ def make_train_step(model: CharGRU, optimizer: keras.optimizers.Optimizer, clip_
         finite = tf.logical_and(tf.math.is_finite(loss), tf.math.is_finite(norm))
 
         def apply() -> tf.Tensor:
+            before = tf.identity(embedding.value) if embedding is not None else None
             optimizer.apply(clipped, variables)
+            if embedding is not None:
+                after = tf.convert_to_tensor(embedding.value)
+                embedding.assign(before + embedding_lr_scale * (after - before))
             return tf.constant(True)
 
         applied = tf.cond(finite, apply, lambda: tf.constant(False))
