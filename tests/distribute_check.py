@@ -144,7 +144,8 @@ def main() -> None:
     home = Path(sys.argv[1])
     # float32 multiplies: bfloat16 (tweetgen.cpu) rounds differently on differently shaped shards.
     mirrored = Settings(home=home, **dict(TINY, strategy="mirrored", cpu_replicas=2, batch_size=8,
-                                          checkpoint_every=10**6, cpu_matmul_precision="float32"))
+                                          checkpoint_every=10**6, cpu_matmul_precision="float32",
+                                          embedding_lr_scale=3.0))  # its extrapolated step too
     strategy = distribute.strategy_for(mirrored)  # first: it splits the CPU before TensorFlow starts
     single = dataclasses.replace(mirrored, strategy="auto")
     lines = varied_lines(7)

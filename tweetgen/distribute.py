@@ -239,12 +239,11 @@ def make_train_step(strategy: tf.distribute.Strategy, settings: Settings, model:
     if is_default(strategy) and loss_scale is None:
         return single_device_train_step(model, optimizer, settings.clip_norm, dtype,
                                         settings.embedding_lr_scale)
-    if settings.embedding_lr_scale != 1.0:
-        raise ConfigError("embedding_lr_scale other than 1 is supported on one device in float32 "
-                          "or bfloat16 only; set it to 1 with this strategy or precision")
     variables = model.trainable_variables
     replicas = strategy.num_replicas_in_sync
     clip_norm = settings.clip_norm
+    scale = settings.embedding_lr_scale  # as in tweetgen.train.make_train_step
+    embedding = getattr(model.embed, "embeddings", None) if scale != 1.0 else None
 
     def apply_if_finite(distribution: tf.distribute.Strategy, grads: list, finite: Any) -> None:
         # In a cross-replica context: Keras applies (and sums) gradients in a replica context,
@@ -252,8 +251,12 @@ def make_train_step(strategy: tf.distribute.Strategy, settings: Settings, model:
         ok = distribution.experimental_local_results(finite)[0]
 
         def apply() -> None:
+            before = tf.identity(embedding.value) if embedding is not None else None
             distribution.extended.call_for_each_replica(lambda g: optimizer.apply(g, variables),
                                                         args=(grads,))
+            if embedding is not None:  # every replica's copy, in this cross-replica context
+                after = tf.convert_to_tensor(embedding.value)
+                embedding.assign(before + scale * (after - before))
 
         tf.cond(ok, apply, lambda: None)
         if loss_scale is not None:
