@@ -32,7 +32,7 @@ TINY = {
     "dropout": 0.0,
     "vocab_min_count": 1,
     "learning_rate": 1e-2,
-    "lr_decay_steps": 1000,
+    "lr_warmup_steps": 0,
     "min_learning_rate": 1e-3,
     "log_every": 25,
     "checkpoint_every": 10**6,

@@ -87,6 +87,16 @@ def test_unknown_key_in_toml_is_an_error_naming_it(tmp_path: Path) -> None:
     assert str(path) in str(info.value)
 
 
+def test_removed_settings_are_named_in_a_warning_and_ignored(tmp_path: Path, caplog) -> None:
+    write_toml(tmp_path / "tweetgen.toml", "lr_decay_rate = 0.5\nlr_decay_steps = 4000\nbatch_size = 8\n")
+    settings = load_settings(environ={"TWEETGEN_LR_DECAY_STEPS": "10"}, overrides={"home": str(tmp_path)})
+    assert settings.batch_size == 8
+    warnings = [r.getMessage() for r in caplog.records if "no longer used" in r.getMessage()]
+    assert len(warnings) == 3 and all("planned length" in w for w in warnings)
+    assert any("tweetgen.toml" in w and "lr_decay_rate" in w for w in warnings)
+    assert any("environment" in w and "lr_decay_steps" in w for w in warnings)
+
+
 def test_unknown_flag_is_an_error() -> None:
     with pytest.raises(ConfigError, match="unknown setting 'warp'"):
         apply(Settings(), {"warp": 9}, "command line")
@@ -121,6 +131,9 @@ def test_wrong_type_in_env_is_an_error_naming_the_origin() -> None:
     ({"validation_fraction": 0.0}, "validation_fraction"),
     ({"batch_size": 0}, "batch_size"),
     ({"temperatures": [0.0]}, "temperatures"),
+    ({"lr_schedule": "step"}, "lr_schedule"),
+    ({"lr_schedule": "exponential", "min_learning_rate": 0.0}, "min_learning_rate"),
+    ({"lr_warmup_steps": -1}, "lr_warmup_steps"),
 ])
 def test_invalid_values_are_errors(values: dict, words: str) -> None:
     with pytest.raises(ConfigError, match=words):

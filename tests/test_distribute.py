@@ -116,6 +116,7 @@ dropout = 0.0
 vocab_min_count = 1
 learning_rate = 0.01
 log_every = 2
+cpu_matmul_precision = "float32"  # bfloat16 rounds differently on differently shaped shards
 """
 
 

@@ -11,7 +11,7 @@ import tensorflow as tf
 from tweetgen import model as model_module
 from tweetgen.generate import Generator
 from tweetgen.model import build_model, gru_sequence, use_fast_gru
-from tweetgen.train import masked_mean_loss
+from tweetgen.train import make_optimizer, make_train_step, masked_mean_loss
 from tweetgen.vocab import PAD, UNK
 
 CONFIG = {"input_mode": "embedding", "embedding_dim": 8, "gru_sizes": [12, 20], "dropout": 0.25}
@@ -82,6 +82,77 @@ def test_the_model_gives_the_same_on_both_routes(monkeypatch) -> None:
         want = tf.convert_to_tensor(want).numpy()
         np.testing.assert_allclose(tf.convert_to_tensor(got).numpy(), want, rtol=1e-4,
                                    atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("clip_norm", [100.0, 0.05])  # clipping off, and clipping every step
+def test_both_routes_take_the_same_optimizer_steps(monkeypatch, clip_norm: float) -> None:
+    """Several compiled train steps from the same weights on the same batches give the same
+    weights and Adam slots on both routes. Batches repeat ids in a row, so the Keras route's
+    sparse embedding gradient (IndexedSlices with repeated indices) must reach clipping and Adam
+    summed per id, as the fast route's dense one does."""
+    models = {}
+    for route in ("1", "0"):
+        monkeypatch.setenv("TWEETGEN_FAST_GRU", route)
+        keras.utils.set_random_seed(11)
+        models[route] = build_model(30, CONFIG)
+    for source, target in zip(models["1"].weights, models["0"].weights):
+        target.assign(source)
+    initial = [w.numpy() for w in models["1"].weights]
+    rng = np.random.default_rng(5)
+    batches = [rng.integers(1, 6, (4, 13)).astype(np.int32) for _ in range(4)]  # few ids, repeated
+    results = {}
+    for route, model in models.items():
+        optimizer = make_optimizer(model, 1e-2)
+        step = make_train_step(model, optimizer, clip_norm)
+        norms = [float(step(tf.constant(b), tf.constant([3, i], tf.int64), tf.constant(1.0))[1])
+                 for i, b in enumerate(batches)]
+        results[route] = norms, [w.numpy() for w in model.weights], [v.numpy() for v in optimizer.variables]
+    (fast_norms, fast_weights, fast_slots), (plain_norms, plain_weights, plain_slots) = results.values()
+    np.testing.assert_allclose(fast_norms, plain_norms, rtol=1e-5)
+    assert all(not np.allclose(w, b) for w, b in zip(fast_weights, initial))
+    for got, want in zip(fast_weights + fast_slots, plain_weights + plain_slots, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 + 1e-4 * np.abs(want).max())
+
+
+def test_the_embedding_steps_its_scale_times_adams_step() -> None:
+    batch = tf.constant(np.random.default_rng(3).integers(1, 30, (4, 9)).astype(np.int32))
+    seed = tf.constant([1, 1], tf.int64)
+    results = []
+    for scale in (1.0, 4.0):
+        keras.utils.set_random_seed(5)
+        model = build_model(30, CONFIG)
+        start = [w.numpy() for w in model.weights]
+        optimizer = make_optimizer(model, 1e-2)
+        make_train_step(model, optimizer, 1.0, embedding_lr_scale=scale)(batch, seed, tf.constant(1.0))
+        moved = [w.numpy() - s for w, s in zip(model.weights, start)]
+        results.append((moved, [v.numpy() for v in optimizer.variables]))
+    (plain, plain_slots), (scaled, scaled_slots) = results
+    assert model.weights[0] is model.embed.embeddings  # the embedding comes first
+    assert np.abs(plain[0]).max() > 1e-3
+    np.testing.assert_allclose(scaled[0], 4.0 * plain[0], rtol=1e-4, atol=1e-7)
+    for a, b in zip(plain[1:] + plain_slots, scaled[1:] + scaled_slots, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-8)
+
+
+def test_bfloat16_multiplies_stay_close_to_float32(monkeypatch) -> None:
+    """The fast path with its multiplies' operands in bfloat16 gives float32 losses and gradients
+    within bfloat16's rounding of the float32 path's (and not the very same: it does round)."""
+    monkeypatch.setenv("TWEETGEN_FAST_GRU", "1")
+    keras.utils.set_random_seed(2)
+    model = build_model(30, CONFIG)
+    ids = tf.constant(np.random.default_rng(1).integers(0, 30, (6, 21)).astype(np.int32))
+    seed = tf.constant([1, 2], tf.int64)
+    results = []
+    for dtype in (tf.float32, tf.bfloat16):
+        with tf.GradientTape() as tape:
+            loss = masked_mean_loss(model, ids, dropout_seed=seed, matmul_dtype=dtype)
+        grads = tape.gradient(loss, model.trainable_variables)
+        assert loss.dtype == tf.float32 and all(g.dtype == tf.float32 for g in grads)
+        results.append((float(loss), [tf.convert_to_tensor(g).numpy() for g in grads]))
+    (loss32, grads32), (loss16, grads16) = results
+    assert loss16 == pytest.approx(loss32, rel=1e-2) and loss16 != loss32
+    for got, want in zip(grads16, grads32, strict=True):
+        np.testing.assert_allclose(got, want, atol=0.05 * np.abs(want).max())
 
 
 def test_a_gpu_gets_the_keras_layer(monkeypatch) -> None:

@@ -8,7 +8,7 @@ import pytest
 from conftest import PATTERNS
 
 from tweetgen.errors import GenerationError
-from tweetgen.generate import Generator, cut_at_word_boundary
+from tweetgen.generate import Generator, cut_at_word_boundary, shape_bucket
 from tweetgen.novelty import NoveltyIndex
 from tweetgen.vocab import EOS, PAD, UNK, Vocab
 
@@ -40,6 +40,29 @@ def test_a_batch_equals_each_seed_alone(greedy) -> None:
         assert together[2 * i].text == together[2 * i + 1].text == alone.text
         assert together[2 * i].mean_logprob == pytest.approx(alone.mean_logprob, abs=1e-5)
         assert alone.text.startswith(seed)
+
+
+def test_shape_buckets() -> None:
+    assert [shape_bucket(n) for n in (1, 2, 3, 4, 5, 64, 65)] == [1, 2, 4, 4, 8, 64, 128]
+    assert [shape_bucket(n, 8) for n in (1, 8, 9, 142)] == [8, 8, 16, 256]
+
+
+def test_the_xla_loop_gives_the_plain_loops_tweets(greedy) -> None:
+    """The default loop (XLA, requests padded to shape buckets) against the plain tf.function
+    loop: the same greedy tweets, the same sampled ones for a random seed on every call, and
+    one trace for requests of different shapes."""
+    plain = Generator(greedy.model, greedy.vocab, 140, jit_compile=False)
+    assert greedy.jit_compile and not plain.jit_compile
+    seeds = ["the c", "", "my bird fl", "a dog ran in t", "h"]
+    assert [s.text for s in greedy.generate(seeds, n=3, top_k=1, random_seed=2)] == \
+        [s.text for s in plain.generate(seeds, n=3, top_k=1, random_seed=2)]
+    first = greedy.generate(seeds, n=3, temperature=1.5, random_seed=9)
+    assert len(first) == 15 and [s.seed for s in first] == [seed for seed in seeds for _ in range(3)]
+    greedy.generate(["x" * 40], n=1, temperature=1.5, random_seed=9)  # another bucket in between
+    again = greedy.generate(seeds, n=3, temperature=1.5, random_seed=9)
+    assert [s.text for s in first] == [s.text for s in again]
+    assert [s.mean_logprob for s in first] == [s.mean_logprob for s in again]
+    assert greedy._loop.experimental_get_tracing_count() == 1
 
 
 def test_a_learned_pattern_stops_at_end_of_text_even_when_sampled(greedy) -> None:

@@ -173,11 +173,39 @@ def test_batcher_resumes_from_a_position() -> None:
         Batcher([], 5, seed=3)
 
 
-def test_learning_rate_decays_exponentially_to_a_floor() -> None:
-    assert learning_rate_at(0, 1e-2, 0.5, 100, 1e-3) == pytest.approx(1e-2)
-    assert learning_rate_at(100, 1e-2, 0.5, 100, 1e-3) == pytest.approx(5e-3)
-    assert learning_rate_at(250, 1e-2, 0.5, 100, 1e-3) == pytest.approx(1e-2 * 0.5**2.5)
-    assert learning_rate_at(10_000, 1e-2, 0.5, 100, 1e-3) == pytest.approx(1e-3)
+def test_learning_rate_warms_up_then_anneals_to_its_floor_at_the_end_of_the_plan() -> None:
+    peak, floor = 1e-2, 1e-3
+    assert learning_rate_at(0.0, 0, peak, floor, warmup_steps=4) == pytest.approx(peak / 4)
+    assert learning_rate_at(0.0, 3, peak, floor, warmup_steps=4) == pytest.approx(peak)
+    assert learning_rate_at(0.5, 50, peak, floor, 4) == pytest.approx((peak + floor) / 2)
+    assert learning_rate_at(1.0, 99, peak, floor, 4) == pytest.approx(floor)
+    assert learning_rate_at(0.5, 50, peak, floor, 4, "exponential") == pytest.approx((peak * floor) ** 0.5)
+    assert learning_rate_at(1.0, 99, peak, floor, 4, "exponential") == pytest.approx(floor)
+    rates = [learning_rate_at(p / 10, 10 + p, peak, floor, 4) for p in range(11)]
+    assert rates == sorted(rates, reverse=True)
+    # A short plan ends its warm-up at a tenth of its progress, whatever warmup_steps says.
+    unwarmed = learning_rate_at(0.05, 0, peak, floor)
+    assert learning_rate_at(0.05, 0, peak, floor, 1000) == pytest.approx(unwarmed / 2)
+    assert learning_rate_at(0.1, 1, peak, floor, 1000) == pytest.approx(learning_rate_at(0.1, 1, peak, floor))
+    assert learning_rate_at(0.0, 10, 5e-4, floor) == pytest.approx(5e-4)  # a peak below the floor
+    assert learning_rate_at(1.0, 10, 5e-4, floor) == pytest.approx(5e-4)
+
+
+def test_a_plan_measures_progress_in_steps_or_time() -> None:
+    job = TrainJob("train", 1, 0, 10, 0)
+    job.new_plan(100, steps=50)
+    assert job.planned_steps() == 50 and job.progress(100) == pytest.approx(1 / 50)
+    assert job.progress(149) == 1.0 and not job.time_is_up()
+    job.new_plan(100, seconds=60.0)
+    assert job.planned_steps() is None and job.progress(5000) == 0.0
+    job.elapsed_seconds = 15.0
+    assert job.progress(5000) == pytest.approx(0.25) and not job.time_is_up()
+    job.new_plan(100, steps=50, seconds=60.0)
+    job.elapsed_seconds = 30.0
+    assert job.progress(100) == pytest.approx(0.5)  # whichever end comes first
+    job.elapsed_seconds = 60.0
+    assert job.time_is_up() and job.progress(100) == 1.0
+    assert TrainJob.from_dict(job.as_dict()) == job
 
 
 def test_validation_subset_is_stable_and_bounded() -> None:
@@ -208,31 +236,37 @@ def _setup(make_settings, home, **overrides):
 
 
 def test_resume_is_exact(make_settings, tmp_path) -> None:
-    # Dropout on and a fast learning-rate decay, so both must be resumed exactly too;
-    # 60 lines in batches of 8 make 8 batches an epoch, so the runs cross an epoch boundary.
+    # Dropout on and a schedule that warms up and anneals over the plan, so both must be resumed
+    # exactly too; 60 lines in batches of 8 make 8 batches an epoch, so the runs cross an epoch.
     settings, vocab, end = _setup(make_settings, tmp_path / "a", dropout=0.2, batch_size=8,
-                                  lr_decay_steps=5)
+                                  lr_warmup_steps=3)
     n = 6
 
-    def job(target: int) -> TrainJob:
-        return TrainJob("train", 77, 0, end, target)
+    def job() -> TrainJob:
+        planned = TrainJob("train", 77, 0, end, 0)
+        planned.new_plan(0, steps=2 * n)
+        return planned
 
-    data = build_data(settings, vocab, job(2 * n))
+    data = build_data(settings, vocab, job())
     assert len(data.train) > 8 * 8 // 2 and data.validation
 
     straight = Trainer.fresh(settings, vocab)
-    straight.run(job(2 * n), data, CheckpointManager(tmp_path / "straight"))
+    rates: list[float] = []
+    straight.run(job(), data, CheckpointManager(tmp_path / "straight"),
+                 on_log=lambda entry: rates.append(entry.learning_rate))
+    assert rates[-1] == pytest.approx(settings.min_learning_rate)  # the floor, at the plan's end
 
     first = Trainer.fresh(settings, vocab)
     manager = CheckpointManager(tmp_path / "split")
-    first.run(job(n), data, manager)
+    calls: list[int] = []
+    stopped = first.run(job(), data, manager, should_stop=lambda: calls.append(1) or len(calls) > n)
+    assert stopped.status == "interrupted"
     halfway = weights(first.model)
     ckpt = manager.load_latest()
     assert ckpt.step == n
     resumed = Trainer.from_checkpoint(settings, ckpt)
     resumed_job = TrainJob.from_dict(ckpt.meta["job"])
-    assert resumed_job.position != Position()
-    resumed_job.target_step = 2 * n
+    assert resumed_job.position != Position() and resumed_job.target_step == 2 * n
     result = resumed.run(resumed_job, build_data(settings, resumed.vocab, resumed_job), manager)
     assert result.steps == n and resumed.step == 2 * n
 
@@ -242,27 +276,77 @@ def test_resume_is_exact(make_settings, tmp_path) -> None:
     for a, b in zip(straight.optimizer.variables, resumed.optimizer.variables, strict=True):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6)
 
-    # The comparison can fail: resuming at the wrong data position gives other weights.
+    # The comparison can fail: resuming at the wrong data position gives other weights,
+    # and so does resuming with a new plan (the schedule starts again from its warm-up).
     wrong = Trainer.from_checkpoint(settings, ckpt)
     wrong_job = TrainJob.from_dict(ckpt.meta["job"])
-    wrong_job.position, wrong_job.target_step = Position(), 2 * n
+    wrong_job.position = Position()
     wrong.run(wrong_job, data, CheckpointManager(tmp_path / "wrong"))
-    assert any(not np.allclose(a, b, atol=1e-6)
-               for a, b in zip(weights(straight.model), weights(wrong.model), strict=True))
+    replanned = Trainer.from_checkpoint(settings, ckpt)
+    replanned_job = TrainJob.from_dict(ckpt.meta["job"])
+    replanned_job.new_plan(n, steps=n)
+    replanned.run(replanned_job, data, CheckpointManager(tmp_path / "replanned"))
+    for other in (wrong, replanned):
+        assert any(not np.allclose(a, b, atol=1e-6)
+                   for a, b in zip(weights(straight.model), weights(other.model), strict=True))
 
 
-def test_engine_train_continues_exactly(make_settings, tmp_path) -> None:
-    """`tweetgen train --steps N` twice gives the weights of `--steps 2N` once."""
-    one, _, _ = _setup(make_settings, tmp_path / "one", dropout=0.2, batch_size=8)
-    two, _, _ = _setup(make_settings, tmp_path / "two", dropout=0.2, batch_size=8)
+def test_engine_train_resumes_a_stopped_plan_exactly(make_settings, tmp_path) -> None:
+    """`tweetgen train --steps 2N` stopped after N, then `tweetgen train`, gives the weights of
+    `--steps 2N` once; a new budget after a finished plan is a new plan."""
+    one, _, _ = _setup(make_settings, tmp_path / "one", dropout=0.2, batch_size=8, lr_warmup_steps=2)
+    two, _, _ = _setup(make_settings, tmp_path / "two", dropout=0.2, batch_size=8, lr_warmup_steps=2)
     straight = engine.train(one, steps=8)
-    engine.train(two, steps=4)
-    again = engine.train(two, steps=4)
+    calls: list[int] = []
+    stopped = engine.train(two, steps=8, should_stop=lambda: calls.append(1) or len(calls) > 4)
+    assert stopped.result.status == "interrupted" and stopped.trainer.step == 4
+    again = engine.train(two)
     assert again.trainer.step == 8 and straight.trainer.step == 8
     assert again.result.steps == 4
     for a, b in zip(weights(straight.trainer.model), weights(again.trainer.model), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
     assert again.result.val_bpc == pytest.approx(straight.result.val_bpc, rel=1e-5)
+
+    rates: list[float] = []
+    more = engine.train(two, steps=20, on_log=lambda entry: rates.append(entry.learning_rate))
+    assert more.result.steps == 20
+    meta = CheckpointManager(two.checkpoints).load_latest().meta["job"]
+    assert (meta["start_step"], meta["target_step"], meta["done"]) == (8, 28, True)
+    assert rates[-1] == pytest.approx(two.min_learning_rate)
+
+
+def test_a_finetune_plans_its_own_schedule_from_the_step_it_starts_at(make_settings, tmp_path) -> None:
+    settings, vocab, end = _setup(make_settings, tmp_path, log_every=1, lr_warmup_steps=100)
+    trainer = Trainer.fresh(settings, vocab)
+    trainer.step = 40  # as if trained before; the fine-tune's plan starts here
+    job = TrainJob("finetune", 1, 0, end, 60, learning_rate=5e-3)
+    rates: list[float] = []
+    trainer.run(job, build_data(settings, vocab, job), CheckpointManager(settings.checkpoints),
+                on_log=lambda entry: rates.append(entry.learning_rate))
+    assert job.start_step == 40 and len(rates) == 20
+    assert rates[0] == pytest.approx(5e-3 / 2, rel=2e-2)  # warm-up: at most a tenth of the plan
+    assert max(rates) == pytest.approx(5e-3, rel=5e-2)
+    assert rates == sorted(rates[:2]) + sorted(rates[2:], reverse=True)  # up, then down
+    assert rates[-1] == pytest.approx(settings.min_learning_rate, rel=1e-3)
+
+
+def test_a_timed_plan_carries_its_elapsed_time_into_the_resumed_run(make_settings, tmp_path) -> None:
+    settings, vocab, end = _setup(make_settings, tmp_path)
+    job = TrainJob("train", 1, 0, end, 0)
+    job.new_plan(0, seconds=3600.0)
+    data = build_data(settings, vocab, job)
+    manager = CheckpointManager(settings.checkpoints)
+    calls: list[int] = []
+    Trainer.fresh(settings, vocab).run(job, data, manager,
+                                       should_stop=lambda: calls.append(1) or len(calls) > 2)
+    saved = TrainJob.from_dict(manager.load_latest().meta["job"])
+    assert 0 < saved.elapsed_seconds < 3600 and not saved.done and saved.planned_steps() is None
+    saved.elapsed_seconds = 3599.0  # as if it had trained all but its last second
+    resumed = Trainer.from_checkpoint(settings, manager.load_latest())
+    assert resumed.learning_rate(saved) == pytest.approx(settings.min_learning_rate, rel=1e-3)
+    saved.elapsed_seconds = 3600.0
+    result = resumed.run(saved, data, manager)
+    assert result.status == "stopped" and result.steps == 0 and saved.done
 
 
 def test_checkpoints_during_a_run_and_rotation(make_settings, tmp_path) -> None:

@@ -236,3 +236,17 @@ def test_growing_the_vocabulary_alone_leaves_old_validation_unchanged(tmp_path, 
     after = bits_per_char(trainer.model, grown_lines)
     assert before < 4.0  # it learned something, so the comparison means something
     assert abs(after - before) < 0.005, (before, after)
+
+
+def test_the_vocabulary_counts_training_lines_only(make_settings, tmp_path) -> None:
+    from conftest import write_corpus
+
+    from tweetgen import corpus
+    from tweetgen.engine import build_vocab
+
+    settings = make_settings(tmp_path, vocab_min_count=1, validation_fraction=0.2)
+    held_out = next(f"only here {c}" for c in "§¶†‡◊∆Ω≈√∫µ≤≥÷" if corpus.is_validation(f"only here {c}", 0.2))
+    trained = next(f"trained {c}" for c in "àáâãäåæçèéêë" if not corpus.is_validation(f"trained {c}", 0.2))
+    write_corpus(settings.corpus_file, ["plain words", held_out, trained])
+    vocab = build_vocab(settings)
+    assert held_out[-1] not in vocab and trained[-1] in vocab and "w" in vocab

@@ -15,6 +15,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 log = logging.getLogger(__name__)
 
+log = logging.getLogger(__name__)
+
 
 class ConfigError(ValueError):
     """A setting that cannot be used; the message names it and says what to do."""
@@ -38,10 +40,11 @@ class Settings:
 
     # Training.
     batch_size: int = 64
-    learning_rate: float = 2e-3
-    lr_decay_rate: float = 0.5
-    lr_decay_steps: int = 4000
-    min_learning_rate: float = 2e-4
+    learning_rate: float = 2e-3  # the peak of each run's schedule
+    lr_schedule: str = "cosine"  # anneal to min_learning_rate over the run's plan: or "exponential"
+    lr_warmup_steps: int = 100  # linear warm-up at the start of every run (at most 1/10 of its plan)
+    min_learning_rate: float = 2e-4  # reached exactly at the end of each run's plan
+    embedding_lr_scale: float = 40.0  # the embedding's Adam steps x this (chosen in bench/README.md)
     clip_norm: float = 5.0
     validation_fraction: float = 0.05
     max_validation_lines: int = 1000  # a stable subset, so validation cost stays bounded
@@ -59,6 +62,8 @@ class Settings:
     workers: tuple[str, ...] = ()  # "multi-worker" without TF_CONFIG: HOST:PORT of each, chief first
     worker_index: int = 0  # this process's place in `workers` (env TWEETGEN_WORKER_INDEX)
     precision: str = "float32"  # or "mixed_float16" / "mixed_bfloat16" (the loss stays float32)
+    cpu_threads: int = 0  # TensorFlow's intra-op threads; 0: the cores this process may use
+    cpu_matmul_precision: str = "auto"  # fast GRU path multiplies: "auto", "float32" or "bfloat16"
 
     # Fine-tuning on appended lines.
     finetune_interval_minutes: float = 30.0
@@ -248,23 +253,34 @@ def _scalar(kind: type, value: Any) -> Any:
 
 
 # Settings whose zero or negative value would divide by zero, never fire, or stop nothing.
-AT_LEAST_ONE = ("embedding_dim", "max_line_chars", "lr_decay_steps", "log_every", "checkpoint_every",
+AT_LEAST_ONE = ("embedding_dim", "max_line_chars", "log_every", "checkpoint_every",
                 "initial_steps", "finetune_min_steps", "finetune_max_steps", "min_new_lines",
                 "samples_per_seed", "max_validation_lines", "novelty_ngram", "vocab_min_count",
                 "vocab_grow_min_count", "max_bad_steps", "cpu_replicas", "idle_patience", "idle_cycle_steps",
                 "candidates_per_tweet", "losses_thin_every_steps",
                 # APScheduler 3.x takes a positive grace time (or None); 0 crashes it at start.
                 "misfire_grace_seconds")
-POSITIVE = ("learning_rate", "lr_decay_rate", "finetune_learning_rate", "clip_norm", "finetune_epochs",
+POSITIVE = ("learning_rate", "finetune_learning_rate", "embedding_lr_scale", "clip_norm", "finetune_epochs",
             "finetune_interval_minutes", "generate_interval_minutes", "ingest_check_seconds",
             "heartbeat_seconds", "idle_check_seconds", "idle_learning_rate", "webhook_timeout_seconds",
             "webhook_poll_seconds", "webhook_retry_seconds", "webhook_max_backoff_seconds",
             "maintenance_interval_hours")
-NOT_NEGATIVE = ("min_learning_rate", "initial_minutes", "replay_ratio", "promote_tolerance_bpc",
-                "db_busy_timeout_seconds", "top_k", "idle_max_hours_per_day", "idle_recent_lines",
-                "min_tweet_chars", "losses_keep_runs", "job_events_keep_days", "rejected_keep_days")
+NOT_NEGATIVE = ("min_learning_rate", "lr_warmup_steps", "cpu_threads", "initial_minutes", "replay_ratio",
+                "promote_tolerance_bpc", "db_busy_timeout_seconds", "top_k", "idle_max_hours_per_day",
+                "idle_recent_lines", "min_tweet_chars", "losses_keep_runs", "job_events_keep_days",
+                "rejected_keep_days")
 STRATEGIES = ("auto", "mirrored", "multi-worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+LR_SCHEDULES = ("cosine", "exponential")
+MATMUL_PRECISIONS = ("auto", "float32", "bfloat16")
+# Settings that no longer exist: a file or environment that still sets one gets a warning naming
+# what replaced it, and the value is ignored (so an upgraded daemon still starts).
+REMOVED_SETTINGS = {
+    "lr_decay_rate": "the learning rate now anneals over each run's planned length (lr_schedule, "
+                     "min_learning_rate)",
+    "lr_decay_steps": "the learning rate now anneals over each run's planned length (lr_schedule, "
+                      "min_learning_rate)",
+}
 
 
 def _validate(settings: Settings) -> None:
@@ -297,6 +313,14 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"{name} must be a number >= 0, got {value}")
     if settings.strategy not in STRATEGIES:
         raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {settings.strategy!r}")
+    if settings.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                          f"got {settings.lr_schedule!r}")
+    if settings.lr_schedule == "exponential" and settings.min_learning_rate <= 0:
+        raise ConfigError("lr_schedule 'exponential' needs min_learning_rate > 0")
+    if settings.cpu_matmul_precision not in MATMUL_PRECISIONS:
+        raise ConfigError(f"cpu_matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}, "
+                          f"got {settings.cpu_matmul_precision!r}")
     if settings.precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {settings.precision!r}")
     for address in settings.workers:
@@ -322,6 +346,10 @@ def apply(settings: Settings, values: Mapping[str, Any], origin: str) -> Setting
     """A copy of `settings` with `values` applied; unknown names are errors, None is skipped."""
     changes = {}
     for name, value in values.items():
+        if name in REMOVED_SETTINGS:
+            log.warning("%s: setting %r is no longer used and is ignored: %s; remove it", origin, name,
+                        REMOVED_SETTINGS[name])
+            continue
         if name not in SETTING_NAMES:
             raise ConfigError(f"{origin}: unknown setting {name!r}{did_you_mean(name)} "
                               "(see README 'Configuration')")
@@ -339,7 +367,7 @@ def apply(settings: Settings, values: Mapping[str, Any], origin: str) -> Setting
 def env_values(environ: Mapping[str, str]) -> dict[str, str]:
     """TWEETGEN_<NAME> variables for known settings (TWEETGEN_HOME included)."""
     out = {}
-    for name in SETTING_NAMES:
+    for name in SETTING_NAMES | set(REMOVED_SETTINGS):
         key = "TWEETGEN_" + name.upper()
         if key in environ:
             out[name] = environ[key]

@@ -46,7 +46,6 @@ from .store import Store, StoreError
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".tweetgen.lock"
-UNBOUNDED_STEPS = 2**61  # a time-budgeted job has no step target
 STARTUP_RETRY_CAP_SECONDS = 600.0  # a start-up that keeps failing is tried at least this often
 
 
@@ -430,16 +429,10 @@ class Daemon:
         from .progress import ProgressPrinter
 
         s = self.settings
-        steps, minutes = (None, s.initial_minutes) if s.initial_minutes else (s.initial_steps, None)
-        if loaded is not None:
-            meta = loaded[1]
-            left = meta["job"]["target_step"] - meta["step"]
-            if left < UNBOUNDED_STEPS:
-                steps, minutes = left, None
-            log.info("resuming the initial training at step %d", meta["step"])
-        log.info("initial training: %s", f"{steps} steps" if steps is not None else f"{minutes} minutes")
+        if loaded is not None:  # engine.train resumes the plan the stop left unfinished
+            log.info("resuming the initial training at step %d", loaded[1]["step"])
         progress = ProgressPrinter()  # log lines: the daemon's output is a log
-        outcome = engine.train(s, steps, minutes, self.stop_event.is_set, self.store,
+        outcome = engine.train(s, None, None, self.stop_event.is_set, self.store,
                                on_log=progress, kind="initial", on_start=progress.begin)
         self._trainers().keep(outcome.trainer, outcome.result.checkpoint)
         if outcome.result.status == "interrupted":

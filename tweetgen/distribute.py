@@ -49,6 +49,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from . import cpu
 from .config import ConfigError, Settings
 from .model import CharGRU, build_model
 from .train import make_eval_fn as single_device_eval_fn
@@ -69,6 +70,7 @@ def strategy_for(settings: Settings) -> tf.distribute.Strategy:
     """The strategy of these settings, created once per process (call it before TensorFlow starts
     its devices for `mirrored` on logical CPUs and for `multi-worker`)."""
     key = (settings.strategy, settings.cpu_replicas, settings.workers, settings.worker_index)
+    cpu.configure_threads(settings)
     if key not in _strategies:
         strategy = _create(settings)
         if not is_default(strategy):
@@ -232,11 +234,16 @@ def make_train_step(strategy: tf.distribute.Strategy, settings: Settings, model:
     """The compiled step, with tweetgen.train.make_train_step's signature and results
     (batch, seed, fault loss multiplier) -> (loss, gradient norm, applied)."""
     loss_scale = DynamicLossScale(strategy) if settings.precision == "mixed_float16" else None
+    # The CPU fast GRU path's multiplies (tweetgen.cpu); the Keras GRU layers ignore it.
+    dtype = tf.bfloat16 if cpu.matmul_dtype_name(settings) == "bfloat16" else tf.float32
     if is_default(strategy) and loss_scale is None:
-        return single_device_train_step(model, optimizer, settings.clip_norm)
+        return single_device_train_step(model, optimizer, settings.clip_norm, dtype,
+                                        settings.embedding_lr_scale)
     variables = model.trainable_variables
     replicas = strategy.num_replicas_in_sync
     clip_norm = settings.clip_norm
+    scale = settings.embedding_lr_scale  # as in tweetgen.train.make_train_step
+    embedding = getattr(model.embed, "embeddings", None) if scale != 1.0 else None
 
     def apply_if_finite(distribution: tf.distribute.Strategy, grads: list, finite: Any) -> None:
         # In a cross-replica context: Keras applies (and sums) gradients in a replica context,
@@ -244,8 +251,12 @@ def make_train_step(strategy: tf.distribute.Strategy, settings: Settings, model:
         ok = distribution.experimental_local_results(finite)[0]
 
         def apply() -> None:
+            before = tf.identity(embedding.value) if embedding is not None else None
             distribution.extended.call_for_each_replica(lambda g: optimizer.apply(g, variables),
                                                         args=(grads,))
+            if embedding is not None:  # every replica's copy, in this cross-replica context
+                after = tf.convert_to_tensor(embedding.value)
+                embedding.assign(before + scale * (after - before))
 
         tf.cond(ok, apply, lambda: None)
         if loss_scale is not None:
@@ -258,7 +269,7 @@ def make_train_step(strategy: tf.distribute.Strategy, settings: Settings, model:
         targets = tf.reduce_sum(tf.cast(tf.not_equal(batch[:, 1:], PAD), tf.float32))
         dropout_seed = tf.random.experimental.stateless_fold_in(seed, replica)
         with tf.GradientTape() as tape:
-            logits = model(shard[:, :-1], dropout_seed=dropout_seed)
+            logits = model(shard[:, :-1], dropout_seed=dropout_seed, matmul_dtype=dtype)
             total, _ = masked_loss_sum(shard[:, 1:], logits)
             # This replica's share of the global batch's mean loss (fault_scale is 1.0 but in tests).
             loss = total / tf.maximum(targets, 1.0) * fault_scale

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import corpus
+from . import corpus, cpu
 from .checkpoints import Checkpoint, CheckpointError, CheckpointManager, load_checkpoint, read_meta
 from .config import Settings
 from .corpus_index import shared_index
@@ -26,7 +26,7 @@ from .promotion import ServedModel
 from .selection import Candidate, Selector
 from .store import Store, StoreError
 from .train import StepLog, bits_per_char, encode_lines
-from .trainer import RunResult, Trainer, TrainJob, build_data, model_from_checkpoint
+from .trainer import RunResult, Trainer, TrainJob, build_data, model_from_checkpoint, split_lines
 from .vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -103,11 +103,14 @@ def load_latest_trainer(settings: Settings, manager: CheckpointManager) -> Train
 
 
 def build_vocab(settings: Settings) -> Vocab:
+    """The vocabulary of the corpus's training lines: validation lines are not counted, so a
+    character seen only in them is <unk> to the model, as any unseen text would be."""
     lines = corpus.read_lines(settings.corpus_file).lines
     if not lines:
         raise corpus.CorpusError(f"corpus {settings.corpus_file} has no usable lines; append some text")
-    vocab = Vocab.build(lines, settings.vocab_min_count)
-    log.info("vocabulary: %d characters (+3 reserved) from %d lines", len(vocab.chars), len(lines))
+    train, _ = split_lines(lines, settings.validation_fraction)
+    vocab = Vocab.build(train, settings.vocab_min_count)
+    log.info("vocabulary: %d characters (+3 reserved) from %d training lines", len(vocab.chars), len(train))
     return vocab
 
 
@@ -201,23 +204,34 @@ def train(settings: Settings, steps: int | None = None, minutes: float | None = 
           on_log: Callable[[StepLog], None] | None = None, kind: str = "train",
           on_start: Callable[[int, int | None], None] | None = None) -> TrainOutcome:
     """Train from scratch, or continue from the latest checkpoint, for a step or time budget.
-    on_start(first step, target step or None) is called once the run starts (progress bars)."""
+    on_start(first step, target step or None) is called once the run starts (progress bars).
+
+    A budget (steps, minutes or both) is a new plan: the learning rate warms up and anneals to
+    its floor at its end. Without one, a plan that a stop left unfinished is resumed where it
+    stopped (the same schedule; a timed plan trains the time it had left), else a new plan of
+    initial_minutes (when > 0) or initial_steps starts."""
+    minutes = minutes or None  # 0 minutes is no time budget, as before
     corpus.ensure_corpus(settings.corpus_file, settings.max_tweet_chars, settings.corpus_set_by)
     manager = checkpoint_manager(settings)
     trainer = load_latest_trainer(settings, manager)
     if trainer is None:
         trainer = Trainer.fresh(settings, build_vocab(settings))
     job = continued_or_new_job(settings, trainer, manager)
-    budget = steps if steps is not None else (None if minutes else settings.initial_steps)
-    job.target_step = trainer.step + budget if budget is not None else 2**62
-    deadline = time.monotonic() + minutes * 60 if minutes else None
+    resuming = steps is None and minutes is None and job.start_step is not None and not job.done
+    if not resuming:
+        if steps is None and minutes is None:
+            steps, minutes = (None, settings.initial_minutes) if settings.initial_minutes \
+                else (settings.initial_steps, None)
+        job.new_plan(trainer.step, steps, minutes * 60 if minutes else None)
     data = build_data(settings, trainer.vocab, job)
     if data.unknown_chars:
         log.info("%d characters of the training lines are not in the vocabulary (trained as <unk>)",
                  data.unknown_chars)
     first_step = trainer.step
     run_id = store.start_run(kind, os.getpid(), start_step=first_step,
-                             config=run_plan(job.target_step if budget is not None else None, minutes)
+                             config=run_plan(job.target_step if job.planned_steps() is not None else None,
+                                             job.planned_seconds and
+                                             (job.planned_seconds - job.elapsed_seconds) / 60)
                              ) if store else None
     recorder = StoreRecorder(store, run_id, manager)
 
@@ -227,11 +241,11 @@ def train(settings: Settings, steps: int | None = None, minutes: float | None = 
             on_log(entry)
 
     log.info("training from step %d on %d lines (%d validation), %s", trainer.step, len(data.train),
-             len(data.validation), f"{budget} steps" if budget else f"{minutes} minutes")
+             len(data.validation), describe_plan(job, resuming))
     if on_start:
-        on_start(first_step, job.target_step if budget is not None else None)
+        on_start(first_step, job.target_step if job.planned_steps() is not None else None)
     try:
-        result = trainer.run(job, data, manager, deadline, should_stop, both, recorder.on_checkpoint)
+        result = trainer.run(job, data, manager, None, should_stop, both, recorder.on_checkpoint)
     except Exception as exc:
         if store:
             store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}",
@@ -249,6 +263,16 @@ def run_plan(target_step: int | None, minutes: float | None = None) -> dict:
     step N of M and an ETA: the target step, or the end time of a time budget."""
     ends_at = datetime.fromtimestamp(time.time() + minutes * 60, UTC).isoformat() if minutes else None
     return {"target_step": target_step, "ends_at": ends_at}
+
+
+def describe_plan(job: TrainJob, resuming: bool) -> str:
+    parts = []
+    if job.planned_steps() is not None:
+        parts.append(f"{job.planned_steps()} steps from step {job.start_step}")
+    if job.planned_seconds:
+        parts.append(f"{job.planned_seconds / 60:g} minutes")
+    resumed = f", resumed ({job.elapsed_seconds:.0f} s trained)" if resuming else ""
+    return "a plan of " + " or ".join(parts) + resumed
 
 
 def continued_or_new_job(settings: Settings, trainer: Trainer, manager: CheckpointManager) -> TrainJob:
@@ -278,6 +302,7 @@ def _meta_or_none(path: Path) -> dict | None:
 def open_generator(settings: Settings, checkpoint: str | None = None,
                    with_novelty: bool = True) -> tuple[Generator, Checkpoint]:
     """A generator on the named, promoted or latest checkpoint (falling back when corrupt)."""
+    cpu.configure_threads(settings)  # before TensorFlow starts, when it has not yet
     ckpt, model, vocab = load_usable_checkpoint(checkpoint_manager(settings), checkpoint)
     novelty = None
     if with_novelty and settings.corpus_file.exists():

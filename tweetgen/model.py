@@ -43,12 +43,22 @@ def use_fast_gru() -> bool:
 # ---------------------------------------------------------------- the CPU fast path
 
 
+def matmul(a: tf.Tensor, b: tf.Tensor, dtype: tf.DType = tf.float32, **kwargs: Any) -> tf.Tensor:
+    """a @ b with its operands rounded to `dtype` (bfloat16: the CPU's AMX/AVX512-BF16 units),
+    accumulated in float32 and returned in a's dtype; float32 is a plain matmul."""
+    if dtype == tf.float32:  # no rounding: the operands' own dtype (float16 under mixed precision)
+        return tf.matmul(a, b, **kwargs)
+    return tf.cast(tf.matmul(tf.cast(a, dtype), tf.cast(b, dtype), **kwargs), a.dtype)
+
+
 def gru_sequence(gru: keras.layers.GRU, x: tf.Tensor | None,
-                 projected: tf.Tensor | None = None) -> tf.Tensor:
+                 projected: tf.Tensor | None = None, matmul_dtype: tf.DType = tf.float32) -> tf.Tensor:
     """`gru(x)` (return_sequences=True, zero initial state) computed by the fast path.
 
     x: (batch, time, features) -> (batch, time, units), with the layer's own weights. Or, instead
     of x, its input projection `projected` = x @ kernel + input bias, time-major (time, batch, 3u).
+    matmul_dtype bfloat16 rounds the operands of every matrix multiply (forward and backward)
+    to bfloat16; the weights, the state, the sums and the gradients stay float32.
     """
     cell = gru.cell
     if not gru.built:
@@ -59,9 +69,10 @@ def gru_sequence(gru: keras.layers.GRU, x: tf.Tensor | None,
         batch, steps = tf.shape(x)[0], tf.shape(x)[1]
         flat = tf.reshape(tf.transpose(x, [1, 0, 2]), [-1, kernel.shape[0]])
         # Keras adds the input bias to x @ kernel before splitting into the z, r, h parts.
-        projected = tf.reshape(tf.matmul(flat, kernel) + bias[0], [steps, batch, 3 * cell.units])
+        projected = tf.reshape(matmul(flat, kernel, matmul_dtype) + bias[0], [steps, batch, 3 * cell.units])
     initial = tf.zeros([tf.shape(projected)[1], cell.units], projected.dtype)
-    outputs = _gru_recurrence(projected, initial, recurrent_kernel, bias[1])
+    recurrence = _gru_recurrence if matmul_dtype == tf.float32 else _gru_recurrence_bf16
+    outputs = recurrence(projected, initial, recurrent_kernel, bias[1])
     return tf.transpose(outputs, [1, 0, 2])
 
 
@@ -71,13 +82,26 @@ def _gru_recurrence(projected, initial, recurrent_kernel, recurrent_bias):
 
     projected (T, B, 3u) = x_t @ kernel + input_bias; returns h (T, B, u).
     """
+    return _recurrence(projected, initial, recurrent_kernel, recurrent_bias, tf.float32)
+
+
+@tf.custom_gradient
+def _gru_recurrence_bf16(projected, initial, recurrent_kernel, recurrent_bias):
+    """_gru_recurrence with its matrix multiplies' operands rounded to bfloat16."""
+    return _recurrence(projected, initial, recurrent_kernel, recurrent_bias, tf.bfloat16)
+
+
+def _recurrence(projected, initial, recurrent_kernel, recurrent_bias, matmul_dtype):
+    """The forward pass and the gradient function of _gru_recurrence (see there)."""
     units = recurrent_kernel.shape[0]
+    # Rounded once, not at every step.
+    step_kernel = recurrent_kernel if matmul_dtype == tf.float32 else tf.cast(recurrent_kernel, matmul_dtype)
     steps = tf.shape(projected)[0]
     inputs = tf.TensorArray(projected.dtype, size=steps).unstack(projected)
 
     def step(t, h, hs, h_prevs, zrs, rs, zs, hhs, rhs):
         matrix_x = inputs.read(t)
-        matrix_inner = tf.matmul(h, recurrent_kernel) + recurrent_bias
+        matrix_inner = matmul(h, step_kernel, matmul_dtype) + recurrent_bias
         x_zr, x_h = tf.split(matrix_x, [2 * units, units], axis=1)
         inner_zr, inner_h = tf.split(matrix_inner, [2 * units, units], axis=1)
         zr = tf.sigmoid(x_zr + inner_zr)
@@ -96,7 +120,7 @@ def _gru_recurrence(projected, initial, recurrent_kernel, recurrent_bias):
 
     def grad(d_outputs):
         d_out = tf.TensorArray(d_outputs.dtype, size=steps).unstack(d_outputs)
-        transposed = tf.transpose(recurrent_kernel)
+        transposed = tf.transpose(step_kernel)
 
         def back(i, carry, d_projected, d_inner):
             t = steps - 1 - i
@@ -107,7 +131,7 @@ def _gru_recurrence(projected, initial, recurrent_kernel, recurrent_bias):
             d_hh = tf.raw_ops.TanhGrad(y=hh, dy=dh - through_z)
             d_zr = tf.raw_ops.SigmoidGrad(y=zrs.read(t), dy=tf.concat([dz, d_hh * inner_h], axis=1))
             d_in = tf.concat([d_zr, d_hh * r], axis=1)
-            carry = through_z + tf.matmul(d_in, transposed)
+            carry = through_z + matmul(d_in, transposed, matmul_dtype)
             return (i + 1, carry, d_projected.write(t, tf.concat([d_zr, d_hh], axis=1)),
                     d_inner.write(t, d_in))
 
@@ -117,7 +141,8 @@ def _gru_recurrence(projected, initial, recurrent_kernel, recurrent_bias):
              tf.TensorArray(projected.dtype, size=steps), tf.TensorArray(projected.dtype, size=steps)))
         d_inner = d_inner.stack()
         flat_inner = tf.reshape(d_inner, [-1, 3 * units])
-        d_kernel = tf.matmul(tf.reshape(h_prevs.stack(), [-1, units]), flat_inner, transpose_a=True)
+        d_kernel = matmul(tf.reshape(h_prevs.stack(), [-1, units]), flat_inner, matmul_dtype,
+                          transpose_a=True)
         return d_projected.stack(), d_initial, d_kernel, tf.reduce_sum(flat_inner, axis=0)
 
     return outputs, grad
@@ -159,16 +184,20 @@ class CharGRU(keras.Model):
         self.head = keras.layers.Dense(vocab_size, name="logits", dtype="float32")
         self.fast_gru = use_fast_gru()
 
-    def call(self, ids: tf.Tensor, dropout_seed: tf.Tensor | None = None) -> tf.Tensor:
+    def call(self, ids: tf.Tensor, dropout_seed: tf.Tensor | None = None,
+             matmul_dtype: tf.DType = tf.float32) -> tf.Tensor:
+        """matmul_dtype: bfloat16 rounds the fast path's matrix multiplies' operands (training on
+        a CPU with bfloat16 units, see tweetgen.cpu); the Keras layers ignore it."""
         if self.fast_gru:
-            return self._fast_call(ids, dropout_seed)
+            return self._fast_call(ids, dropout_seed, matmul_dtype)
         x = self.embed(ids)
         for i, gru in enumerate(self.grus):
             x = gru(x)
             x = self._dropout(x, dropout_seed, i)
         return self.head(x)
 
-    def _fast_call(self, ids: tf.Tensor, dropout_seed: tf.Tensor | None) -> tf.Tensor:
+    def _fast_call(self, ids: tf.Tensor, dropout_seed: tf.Tensor | None,
+                   matmul_dtype: tf.DType = tf.float32) -> tf.Tensor:
         """`call` on the CPU fast path. The first layer's input projection of every id is
         computed once (`first_layer_table`) and looked up, time-major: the same sums as
         embedding, then x @ kernel + bias, with a (vocab x features) multiply instead of a
@@ -181,7 +210,7 @@ class CharGRU(keras.Model):
         projected = tf.gather(self.first_layer_table(), tf.transpose(ids))
         x = None
         for i, gru in enumerate(self.grus):
-            x = gru_sequence(gru, x, projected if i == 0 else None)
+            x = gru_sequence(gru, x, projected if i == 0 else None, matmul_dtype)
             x = self._dropout(x, dropout_seed, i)
         return self.head(x)
 

@@ -105,8 +105,9 @@ def masked_loss_sum(targets: tf.Tensor, logits: tf.Tensor) -> tuple[tf.Tensor, t
     return tf.reduce_sum(losses * mask), tf.reduce_sum(mask)
 
 
-def masked_mean_loss(model: CharGRU, batch: tf.Tensor, dropout_seed: tf.Tensor | None = None) -> tf.Tensor:
-    logits = model(batch[:, :-1], dropout_seed=dropout_seed)
+def masked_mean_loss(model: CharGRU, batch: tf.Tensor, dropout_seed: tf.Tensor | None = None,
+                     matmul_dtype: tf.DType = tf.float32) -> tf.Tensor:
+    logits = model(batch[:, :-1], dropout_seed=dropout_seed, matmul_dtype=matmul_dtype)
     total, count = masked_loss_sum(batch[:, 1:], logits)
     return total / tf.maximum(count, 1.0)
 
@@ -144,9 +145,14 @@ def make_optimizer(model: CharGRU, learning_rate: float) -> keras.optimizers.Opt
     return optimizer
 
 
-def make_train_step(model: CharGRU, optimizer: keras.optimizers.Optimizer, clip_norm: float):
-    """A compiled step: masked loss, gradients clipped by global norm, applied only if finite."""
+def make_train_step(model: CharGRU, optimizer: keras.optimizers.Optimizer, clip_norm: float,
+                    matmul_dtype: tf.DType = tf.float32, embedding_lr_scale: float = 1.0):
+    """A compiled step: masked loss, gradients clipped by global norm, applied only if finite.
+    matmul_dtype: see CharGRU.call (the loss and the optimizer stay float32).
+    embedding_lr_scale: the embedding's Adam update is this many times the others' (its step is
+    extrapolated after the optimizer's; Adam's moments are untouched, checkpoints unchanged)."""
     variables = model.trainable_variables
+    embedding = getattr(model.embed, "embeddings", None) if embedding_lr_scale != 1.0 else None
 
     @tf.function(
         input_signature=[tf.TensorSpec((None, None), tf.int32), tf.TensorSpec((2,), tf.int64),
@@ -156,13 +162,22 @@ def make_train_step(model: CharGRU, optimizer: keras.optimizers.Optimizer, clip_
     def train_step(batch: tf.Tensor, seed: tf.Tensor, loss_scale: tf.Tensor):
         with tf.GradientTape() as tape:
             # loss_scale is 1.0 in normal use; fault tests pass NaN to inject a bad step.
-            loss = masked_mean_loss(model, batch, dropout_seed=seed) * loss_scale
-        grads = tape.gradient(loss, variables)
+            loss = masked_mean_loss(model, batch, dropout_seed=seed, matmul_dtype=matmul_dtype) * loss_scale
+        # Dense gradients: the Keras embedding's is sparse (IndexedSlices) with one row per
+        # character, repeated ids unsummed; clip_by_global_norm would take the norm of those rows
+        # and Adam square them one by one (its second moment then too small, so the embedding's
+        # steps many times the learning rate). Densified, the repeats are summed per id, and both
+        # GRU paths take the same step (tests/test_fastpath.py). The table is small.
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
         clipped, norm = tf.clip_by_global_norm(grads, clip_norm)
         finite = tf.logical_and(tf.math.is_finite(loss), tf.math.is_finite(norm))
 
         def apply() -> tf.Tensor:
+            before = tf.identity(embedding.value) if embedding is not None else None
             optimizer.apply(clipped, variables)
+            if embedding is not None:
+                after = tf.convert_to_tensor(embedding.value)
+                embedding.assign(before + embedding_lr_scale * (after - before))
             return tf.constant(True)
 
         applied = tf.cond(finite, apply, lambda: tf.constant(False))
@@ -171,9 +186,29 @@ def make_train_step(model: CharGRU, optimizer: keras.optimizers.Optimizer, clip_
     return train_step
 
 
-def learning_rate_at(step: int, base: float, decay_rate: float, decay_steps: int, floor: float) -> float:
-    """Exponential decay with a floor, as a pure function of the global step."""
-    return max(floor, base * decay_rate ** (step / max(decay_steps, 1)))
+SCHEDULES = ("cosine", "exponential")
+
+
+WARMUP_SHARE = 0.1  # the warm-up never takes more than this share of a plan
+
+
+def learning_rate_at(progress: float, steps_done: int, peak: float, floor: float,
+                     warmup_steps: int = 0, shape: str = "cosine") -> float:
+    """The learning rate `progress` (0 to 1) of the way through a run's plan, `steps_done` steps
+    into it: a linear warm-up over the first `warmup_steps` steps (ended early when a short plan
+    reaches WARMUP_SHARE of its progress), times an anneal from `peak` down to `floor` (cosine, or
+    exponential, in the progress fraction) that reaches the floor exactly at progress 1. A floor
+    above the peak (a fine-tune's low peak) is the peak."""
+    progress = min(max(progress, 0.0), 1.0)
+    floor = min(floor, peak)
+    if shape == "exponential" and floor > 0:
+        annealed = peak * (floor / peak) ** progress
+    else:
+        annealed = floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    warm = 1.0
+    if warmup_steps > 0:
+        warm = min(1.0, max((steps_done + 1) / warmup_steps, progress / WARMUP_SHARE))
+    return annealed * warm
 
 
 @dataclass

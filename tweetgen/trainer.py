@@ -1,8 +1,16 @@
 """A training job from start to checkpoint: the data it uses, the loop, resume.
 
 A `TrainJob` says what a run is doing (train on the corpus, or fine-tune on a byte range of new
-lines plus replayed old ones), with its seed, its step target and its data position. It is saved
-in every checkpoint, so a run stopped at any step resumes on the same batches and dropout masks.
+lines plus replayed old ones), with its seed, its plan and its data position. It is saved in every
+checkpoint, so a run stopped at any step resumes on the same batches and dropout masks.
+
+The plan is the run's planned length: a number of steps (`start_step` to `target_step`), a
+number of seconds of wall time (`planned_seconds`, with `elapsed_seconds` counted as it trains),
+or both (whichever ends first). The learning rate warms up over the first steps and anneals to
+its floor exactly at the end of the plan (tweetgen.train.learning_rate_at), so every run, however
+long, ends settled. A stopped run that is resumed continues the same plan: for a step plan,
+exactly (N steps + resume + N steps gives the weights of one 2N-step run); a timed plan resumes
+with the wall time it had already trained, and trains for the time that is left.
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ from .vocab import Vocab
 
 log = logging.getLogger(__name__)
 
+NO_STEP_LIMIT = 2**62  # the target_step of a plan measured in time only
+
 
 @dataclass
 class TrainJob:
@@ -45,8 +55,8 @@ class TrainJob:
     seed: int
     corpus_start: int  # finetune: new lines start here; train: 0
     corpus_end: int  # lines in [corpus_start, corpus_end) are the job's own
-    target_step: int  # the global step at which the job is complete
-    learning_rate: float | None = None  # None: the decaying schedule
+    target_step: int  # the global step at which the plan ends (NO_STEP_LIMIT: a timed plan)
+    learning_rate: float | None = None  # the schedule's peak; None: settings.learning_rate
     replay_ratio: float = 0.0
     position: Position = field(default_factory=Position)
     done: bool = False
@@ -56,6 +66,38 @@ class TrainJob:
     new_chars: str = ""  # finetune: characters the job added to the vocabulary
     # finetune: the validation subset of the lines before corpus_start (None: read them)
     validation_base: list[str] | None = None
+    # The plan (see the module docstring). start_step None: the step the job first runs at.
+    start_step: int | None = None
+    planned_seconds: float | None = None  # a timed plan: its length in seconds of wall time
+    elapsed_seconds: float = 0.0  # wall time the plan has trained so far, over all its runs
+
+    def new_plan(self, start_step: int, steps: int | None = None, seconds: float | None = None) -> None:
+        """Plan a run from `start_step`: `steps` steps, `seconds` of wall time, or both."""
+        self.start_step = start_step
+        self.target_step = start_step + steps if steps is not None else NO_STEP_LIMIT
+        self.planned_seconds = seconds
+        self.elapsed_seconds = 0.0
+        self.done = False
+
+    def planned_steps(self) -> int | None:
+        """The plan's length in steps; None for a plan measured in time only."""
+        if self.target_step >= NO_STEP_LIMIT // 2:
+            return None
+        return self.target_step - (self.start_step or 0)
+
+    def progress(self, step: int) -> float:
+        """How far through its plan the job is when it takes the step after global step `step`:
+        the further of its step and its time fractions, 1 at the plan's last step."""
+        fraction = 0.0
+        planned = self.planned_steps()
+        if planned:
+            fraction = (step - (self.start_step or 0) + 1) / planned
+        if self.planned_seconds:
+            fraction = max(fraction, self.elapsed_seconds / self.planned_seconds)
+        return min(fraction, 1.0)
+
+    def time_is_up(self) -> bool:
+        return self.planned_seconds is not None and self.elapsed_seconds >= self.planned_seconds
     corpus_identity: dict | None = None  # the corpus's identity at corpus_end, when it was read
     best_bpc: float | None = None  # idle: the best validation of this stretch of idle training
     stale_checkpoints: int = 0  # idle: checkpoints since the best one
@@ -244,20 +286,25 @@ class Trainer:
         self.eval_fn = distribute.make_eval_fn(self.strategy, self.model)
 
     def learning_rate(self, job: TrainJob) -> float:
-        if job.learning_rate is not None:
-            return job.learning_rate
+        """The job's schedule at the current step: warm-up, then an anneal to the floor that
+        ends with the plan (see tweetgen.train.learning_rate_at)."""
         s = self.settings
-        return learning_rate_at(self.step, s.learning_rate, s.lr_decay_rate, s.lr_decay_steps,
-                                s.min_learning_rate)
+        peak = job.learning_rate if job.learning_rate is not None else s.learning_rate
+        steps_done = self.step - (job.start_step if job.start_step is not None else self.step)
+        return learning_rate_at(job.progress(self.step), steps_done, peak, s.min_learning_rate,
+                                s.lr_warmup_steps, s.lr_schedule)
 
     def run(self, job: TrainJob, data: TrainData, manager: CheckpointManager,
             deadline: float | None = None, should_stop: Callable[[], bool] = lambda: False,
             on_log: Callable[[StepLog], None] | None = None,
             on_checkpoint: Callable[[Path, dict], None] | None = None,
             on_validated: Callable[[float], None] | None = None) -> RunResult:
-        """Train until the job's target step, the deadline, or should_stop(); checkpoint at the end.
-        `on_validated(bpc)` sees each checkpoint's validation before the job is written into it."""
+        """Train until the end of the job's plan (its target step or its planned seconds), the
+        deadline, or should_stop(); checkpoint at the end. `on_validated(bpc)` sees each
+        checkpoint's validation before the job is written into it."""
         s = self.settings
+        if job.start_step is None:  # a job made without a plan start (a fine-tune): it starts now
+            job.start_step = self.step
         # A job with nothing to train (e.g. every new line fell in the validation split) still
         # completes and checkpoints, so its lines count as ingested.
         batcher = Batcher(data.train, s.batch_size, job.seed, job.position) if data.train else None
@@ -265,11 +312,15 @@ class Trainer:
         window_chars, window_start = 0, time.perf_counter()
         start_step = self.step
         status = "completed"
+        # Wall time counts towards a timed plan from the start of each run, on top of what the
+        # plan had trained before (saved in the checkpoints), so a resumed plan continues.
+        run_started, elapsed_before = time.monotonic(), job.elapsed_seconds
         while batcher is not None and self.step < job.target_step:
+            job.elapsed_seconds = elapsed_before + (time.monotonic() - run_started)
             if should_stop():
                 status = "interrupted"
                 break
-            if deadline is not None and time.monotonic() >= deadline:
+            if job.time_is_up() or (deadline is not None and time.monotonic() >= deadline):
                 status = "stopped"
                 break
             batch = batcher.next()

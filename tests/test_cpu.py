@@ -1,0 +1,45 @@
+"""CPU choices: thread pools from the cores a process may use, bfloat16 by the CPU's flags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tweetgen import cpu
+from tweetgen.config import ConfigError, Settings, apply
+
+
+def test_threads_follow_the_cores_or_the_setting(monkeypatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    assert cpu.thread_counts(Settings()) == (1, 1)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert cpu.thread_counts(Settings()) == (4, 2)
+    assert cpu.thread_counts(Settings(cpu_threads=2)) == (2, 2)
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f amx_bf16 amx_tile\n\nflags : other\n")
+    flags = cpu.cpu_flags(info)
+    assert {"amx_bf16", "avx512f"} <= flags and "other" not in flags
+    assert cpu.has_bf16_units(flags) and not cpu.has_bf16_units({"avx2", "fma"})
+    assert cpu.cpu_flags(tmp_path / "missing") == set()
+
+
+@pytest.mark.parametrize("choice, flags, expected", [
+    ("auto", {"avx2"}, "float32"),
+    ("auto", {"avx512_bf16"}, cpu.AUTO_CHOICE),
+    ("float32", {"amx_bf16"}, "float32"),
+    ("bfloat16", {"avx2"}, "bfloat16"),
+])
+def test_the_matmul_precision_is_chosen_by_setting_and_flags(choice: str, flags: set, expected: str) -> None:
+    assert cpu.matmul_dtype_name(Settings(cpu_matmul_precision=choice), flags) == expected
+
+
+def test_bad_cpu_settings_are_errors() -> None:
+    with pytest.raises(ConfigError, match="cpu_matmul_precision"):
+        apply(Settings(), {"cpu_matmul_precision": "int8"}, "test")
+    with pytest.raises(ConfigError, match="cpu_threads"):
+        apply(Settings(), {"cpu_threads": -1}, "test")

@@ -1,0 +1,88 @@
+"""The CPU: how many threads TensorFlow uses, and whether the fast GRU path multiplies in bfloat16.
+
+Threads (`cpu_threads`): TensorFlow's intra-op pool (the threads one matrix multiply is split
+over) gets the cores this process may run on (`os.sched_getaffinity`: a process pinned to one
+core gets one thread, not a pool as large as the machine fighting over that core) or the
+setting; the inter-op pool (independent ops run side by side) gets 1 for one core, else 2: the
+training step is one chain of dependent ops, so more only adds contention. It must be set
+before TensorFlow starts its runtime (`configure_threads`, called by the CLI and the daemon
+first thing; later calls keep what is set).
+
+bfloat16 (`cpu_matmul_precision`): on a CPU with AMX-BF16 or AVX512-BF16 units a bfloat16
+matrix multiply is 2-3x as fast as a float32 one at these sizes; the fast GRU path can round
+the operands of its multiplies to bfloat16 (weights, state, sums, loss and optimizer stay
+float32). "auto" takes bfloat16 where the CPU's flags show such units, float32 elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from .config import Settings
+
+log = logging.getLogger(__name__)
+
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+# What "auto" takes on a CPU with bfloat16 units; chosen by measurement (bench/README.md:
+# bench.precision, 1.29x the speed at equal validation per step).
+AUTO_CHOICE = "bfloat16"
+_configured: tuple[int, int] | None = None
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def thread_counts(settings: Settings) -> tuple[int, int]:
+    """(intra-op, inter-op) threads for these settings on this process's cores."""
+    intra = settings.cpu_threads or available_cores()
+    return intra, 1 if intra == 1 else 2
+
+
+def configure_threads(settings: Settings) -> tuple[int, int]:
+    """Set TensorFlow's thread pools once, before its runtime starts; returns what is in force."""
+    global _configured
+    if _configured is not None:
+        return _configured
+    import tensorflow as tf
+
+    intra, inter = thread_counts(settings)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    except RuntimeError:  # the runtime already started (a test process, a library caller)
+        intra = tf.config.threading.get_intra_op_parallelism_threads() or intra
+        inter = tf.config.threading.get_inter_op_parallelism_threads() or inter
+        log.debug("TensorFlow already started: keeping its thread pools")
+    _configured = (intra, inter)
+    log.info("TensorFlow threads: %d intra-op, %d inter-op", intra, inter)
+    return _configured
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def has_bf16_units(flags: set[str] | None = None) -> bool:
+    flags = cpu_flags() if flags is None else flags
+    return any(flag in flags for flag in BF16_FLAGS)
+
+
+def matmul_dtype_name(settings: Settings, flags: set[str] | None = None) -> str:
+    """"float32" or "bfloat16" for the fast GRU path's multiplies under these settings."""
+    choice = settings.cpu_matmul_precision
+    if choice == "auto":
+        return AUTO_CHOICE if has_bf16_units(flags) else "float32"
+    return choice
