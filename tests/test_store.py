@@ -648,3 +648,26 @@ def test_a_metrics_scrape_reads_indexes_not_the_tables(store: Store, make_settin
         scans = [step for step in plan if step.startswith("SCAN") and "COVERING INDEX" not in step
                  and "USING INDEX idx_job_events" not in step]
         assert not scans, f"{sql}: {plan}"
+
+
+def _open_store(path: str) -> None:
+    Store(Path(path)).close()
+
+
+def test_processes_opening_a_new_database_at_once_migrate_it_once(tmp_path: Path):
+    """Some migration steps commit on their own (executescript, the FTS setup): without the
+    migration flock a second process saw a half-made schema and failed or waited it out."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    for attempt in range(4):
+        path = tmp_path / f"race{attempt}" / "tweetgen.db"
+        path.parent.mkdir()
+        workers = [context.Process(target=_open_store, args=(str(path),)) for _ in range(8)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        assert [w.exitcode for w in workers] == [0] * 8
+        with Store(path) as s:
+            assert s.get_meta("schema_version") == str(SCHEMA_VERSION)

@@ -9,6 +9,7 @@ that turns "database is locked" into a StoreError callers can catch and retry.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import json
 import sqlite3
@@ -400,11 +401,16 @@ class Store:
         return version
 
     def _migrate(self) -> None:
-        with self._transaction():
-            # Re-read under the write lock: another process may have migrated meanwhile.
-            for version in range(self._schema_version() + 1, SCHEMA_VERSION + 1):
-                MIGRATIONS[version](self.db)
-                self._put_meta("schema_version", str(version))
+        # One process migrates at a time: some steps (executescript, sqlite-utils' FTS setup)
+        # commit on their own, so the write lock alone would let a second process see, and
+        # migrate again, a half-made schema. The flock is dropped by the kernel if we die.
+        with open(self.path.with_name(self.path.name + ".migrate.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            with self._transaction():
+                # Re-read under both locks: another process may have migrated meanwhile.
+                for version in range(self._schema_version() + 1, SCHEMA_VERSION + 1):
+                    MIGRATIONS[version](self.db)
+                    self._put_meta("schema_version", str(version))
 
     def close(self) -> None:
         with self._lock:
