@@ -857,10 +857,7 @@ class Store:
     @_guarded
     def status_counts(self) -> dict[str, int]:
         """Tweets per review status, every status present (0 when none)."""
-        counts = dict.fromkeys(sorted(REVIEW_STATUSES), 0)
-        for status, count in self.db.execute("SELECT status, count(*) FROM samples GROUP BY status"):
-            counts[status] = count
-        return counts
+        return self._counts_by_status("samples", REVIEW_STATUSES)
 
     @_guarded
     def export_samples(self, status: str, since: str | None = None) -> list[dict]:
@@ -959,8 +956,12 @@ class Store:
 
     @_guarded
     def outbox_counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(sorted(OUTBOX_STATUSES), 0)
-        for status, count in self.db.execute("SELECT status, count(*) FROM outbox GROUP BY status"):
+        return self._counts_by_status("outbox", OUTBOX_STATUSES)
+
+    def _counts_by_status(self, table: str, statuses: set[str]) -> dict[str, int]:
+        """Rows of `table` (a fixed name, never user input) per status, every status present."""
+        counts = dict.fromkeys(sorted(statuses), 0)
+        for status, count in self.db.execute(f"SELECT status, count(*) FROM {table} GROUP BY status"):
             counts[status] = count
         return counts
 
