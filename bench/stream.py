@@ -124,7 +124,7 @@ def run_stream(args: argparse.Namespace, home: Path) -> dict:
           f"{args.style}, {len(stream)} lines appended in batches of {args.batch_lines}, "
           f"{len(held)} held out", flush=True)
 
-    write_config(home, args, idle=False)
+    write_config(home, args, idle=args.gap_minutes > 0)
     daemon = start_daemon(home)
     t0 = time.monotonic()
     try:
@@ -159,6 +159,14 @@ def run_stream(args: argparse.Namespace, home: Path) -> dict:
             print(f"{number:>5} {run['new_lines']:>6} {run['steps']:>6} {seconds:>8.1f} {new_bpc:>10.4f} "
                   f"{old_bpc:>8.4f} {new_change:>22} {old_change:>22} "
                   f"{'yes' if run['promoted'] else 'no':>9}", flush=True)
+            if args.gap_minutes > 0:  # the daemon idle-trains until the next batch arrives
+                time.sleep(args.gap_minutes * 60)
+                new_bpc, old_bpc = served_figures(settings, held_out, old_val)
+                served = (query(db, "select r.kind, c.step from checkpoints c join runs r on c.run_id = r.id "
+                                    "where c.is_promoted = 1") or [{"kind": "?", "step": "?"}])[0]
+                rows.append({"batch": number, "gap": True, "new_style": new_bpc, "old_val": old_bpc})
+                print(f"{'':>5} {f'+{args.gap_minutes:g} min idle':>22} {new_bpc:>10.4f} {old_bpc:>8.4f}   "
+                      f"(served: {served['kind']} checkpoint, step {served['step']})", flush=True)
     finally:
         stop_daemon(daemon)
     first, last_row = rows[0], rows[-1]
@@ -243,6 +251,8 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=60)
     parser.add_argument("--initial-steps", type=int, default=3000)
     parser.add_argument("--idle-minutes", type=float, default=60.0)
+    parser.add_argument("--gap-minutes", type=float, default=0.0,
+                        help="idle training on during the stream: minutes from a fine-tune to the next batch")
     parser.add_argument("--tiny", action="store_true", help="a tiny model, to check the benchmark runs")
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--keep", type=Path, help="work in this folder (kept) instead of a temp one")

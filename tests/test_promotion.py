@@ -51,6 +51,36 @@ def test_idle_training_must_be_strictly_better() -> None:
     assert not decide("idle", Figures(2.00), Figures(2.01), TOL).promote
 
 
+def test_fine_tunes_within_tolerance_one_by_one_cannot_add_up() -> None:
+    """Each fine-tune +0.015 on the old validation: the first is promoted, the second would make
+    it +0.03 in all and is not; idle training that improves the old lines pays the drift back."""
+    served = Figures(2.000, 3.0)
+    first = decide("finetune", served, Figures(2.015, 2.9), TOL)
+    assert first.promote and first.drift == pytest.approx(0.015)
+    served = Figures(2.015, 2.9, first.drift)
+    second = decide("finetune", served, Figures(2.030, 2.8), TOL)
+    assert not second.promote and "earlier fine-tunes" in second.reason
+    idle = decide("idle", Figures(2.015, None, first.drift), Figures(2.005), TOL)
+    assert idle.promote and idle.drift == pytest.approx(0.005)
+    assert decide("finetune", Figures(2.005, 2.8, idle.drift), Figures(2.020, 2.7), TOL).promote
+    # Better than the served model: the drift falls, never below 0.
+    assert decide("idle", Figures(2.005, None, idle.drift), Figures(1.9), TOL).drift == 0.0
+    assert decide("finetune", Figures(2.0, 3.0, 0.0), Figures(1.99, 2.9), TOL).drift == 0.0
+
+
+def test_the_drift_survives_a_restart_in_the_store(make_settings, tmp_path) -> None:
+    from tweetgen.promotion import DRIFT_KEY, read_drift
+    from tweetgen.store import Store
+
+    settings = make_settings(tmp_path)
+    with Store(settings.db_file) as store:
+        assert read_drift(store.get_meta(DRIFT_KEY)) == 0.0
+        store.set_meta(DRIFT_KEY, "0.0125")
+    with Store(settings.db_file) as store:
+        assert read_drift(store.get_meta(DRIFT_KEY)) == 0.0125
+    assert read_drift("garbage") == 0.0 and read_drift("-1") == 0.0
+
+
 # ---------------------------------------------------------------- end to end: real fine-tunes
 
 

@@ -14,6 +14,7 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import corpus, faults
 from .checkpoints import CheckpointManager, checkpoint_name
@@ -26,7 +27,7 @@ from .engine import (
     run_plan,
     sync_checkpoint_flags,
 )
-from .promotion import Decision, Figures, ServedModel, decide, known
+from .promotion import DRIFT_KEY, Decision, Figures, ServedModel, decide, known, read_drift, with_drift
 from .store import Store
 from .trainer import RunResult, TrainData, Trainer, TrainJob, build_data, finetune_steps
 from .vocab import Vocab
@@ -169,20 +170,27 @@ def _run(settings: Settings, store: Store, should_stop, trainers: TrainerCache,
     return finish(settings, store, manager, job, scan, trainer, result, data, trainers.served)
 
 
-def judge(settings: Settings, manager: CheckpointManager, served: ServedModel, trainer: Trainer,
-          data: TrainData, candidate: Figures) -> Decision:
+def judge(settings: Settings, store: Store, manager: CheckpointManager, served: ServedModel,
+          trainer: Trainer, data: TrainData, candidate: Figures) -> Decision:
     """A finished fine-tune's checkpoint against the served model, on the same lines."""
     figures = served.figures_on(manager, trainer.vocab, data.validation, data.new_validation)
+    figures = with_drift(figures, read_drift(store.get_meta(DRIFT_KEY)))
     return decide("finetune", figures, candidate, settings.promote_tolerance_bpc)
+
+
+def promote(store: Store, manager: CheckpointManager, checkpoint: Path, decision: Decision) -> None:
+    manager.promote(checkpoint)
+    store.set_meta(DRIFT_KEY, f"{decision.drift:.6f}")
 
 
 def finish(settings: Settings, store: Store, manager: CheckpointManager, job: TrainJob,
            scan: IngestScan, trainer: Trainer, result: RunResult, data: TrainData,
            served: ServedModel) -> dict:
     checkpoint = result.checkpoint
-    decision = judge(settings, manager, served, trainer, data, Figures(result.val_bpc, result.val_new_bpc))
+    decision = judge(settings, store, manager, served, trainer, data,
+                     Figures(result.val_bpc, result.val_new_bpc))
     if decision.promote:
-        manager.promote(checkpoint)
+        promote(store, manager, checkpoint, decision)
     sync_checkpoint_flags(store, manager)
     faults.crash_point("ingest-record")
     record(settings, store, scan, job, trainer.vocab)
@@ -265,10 +273,10 @@ def _decide_unfinished(settings: Settings, store: Store, manager: CheckpointMana
         decision = Decision(True, "promoted before the process died")
     else:
         data = build_data(settings, trainer.vocab, job)
-        decision = judge(settings, manager, ServedModel(), trainer, data,
+        decision = judge(settings, store, manager, ServedModel(), trainer, data,
                          Figures(meta.get("val_bpc"), meta.get("val_new_bpc")))
         if decision.promote:
-            manager.promote(checkpoint)
+            promote(store, manager, checkpoint, decision)
     sync_checkpoint_flags(store, manager)
     row = store.get_checkpoint(str(checkpoint))
     if job.run_id is not None and store.get_run(job.run_id) is not None:

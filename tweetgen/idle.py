@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .config import Settings
 from .engine import StoreRecorder, TrainerCache, checkpoint_manager, run_plan, sync_checkpoint_flags
-from .promotion import Figures, decide, known
+from .promotion import DRIFT_KEY, Figures, decide, known, read_drift, with_drift
 from .status import IDLE_STATE_KEY
 from .store import Store
 from .trainer import TrainData, Trainer, TrainJob, build_data
@@ -175,10 +175,12 @@ def count_patience(job: TrainJob, bpc: float | None) -> None:
 def _promote_if_better(settings: Settings, store: Store, trainers: TrainerCache, trainer: Trainer,
                        data: TrainData, path: Path, meta: dict) -> None:
     manager = checkpoint_manager(settings)
-    served = trainers.served.figures_on(manager, trainer.vocab, data.validation)
+    served = with_drift(trainers.served.figures_on(manager, trainer.vocab, data.validation),
+                        read_drift(store.get_meta(DRIFT_KEY)))
     decision = decide("idle", served, Figures(meta.get("val_bpc")), settings.promote_tolerance_bpc)
     if decision.promote:
         manager.promote(path)
+        store.set_meta(DRIFT_KEY, f"{decision.drift:.6f}")
         sync_checkpoint_flags(store, manager)
         log.info("idle training: checkpoint %s promoted (%s)", path.name, decision.reason)
 

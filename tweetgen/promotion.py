@@ -7,7 +7,11 @@ becomes the next one's baseline and the served model can get worse step by step.
 
 - Nothing served yet: the candidate is promoted if its validation is known.
 - A fine-tune must make the held-out new lines better (when it has some) and keep the old
-  validation within `promote_tolerance_bpc` of the served model.
+  validation within `promote_tolerance_bpc` of the served model, counted over the fine-tunes
+  in a row: the served model carries its drift (how much worse its old validation is than the
+  model the last consolidation left, summed over the fine-tunes promoted since), so weeks of
+  fine-tunes each within the tolerance cannot add up to a model much worse on the old lines.
+  Idle training that improves the old validation pays the drift back (never below 0).
 - Idle training (more steps on the same lines) must make the old validation strictly better.
 - An unknown figure (missing, NaN, infinite) of the candidate counts as worse.
 
@@ -43,12 +47,29 @@ class Figures:
 
     old_bpc: float | None
     new_bpc: float | None = None
+    drift: float = 0.0  # the served model's: see the module docstring (DRIFT_KEY in the store's meta)
+
+
+DRIFT_KEY = "old_validation_drift"
 
 
 @dataclass(frozen=True)
 class Decision:
     promote: bool
     reason: str
+    drift: float = 0.0  # the drift the candidate carries once promoted
+
+
+def with_drift(served: Figures | None, drift: float) -> Figures | None:
+    return Figures(served.old_bpc, served.new_bpc, drift) if served is not None else None
+
+
+def read_drift(meta_value: str | None) -> float:
+    """The stored drift (the store's meta value under DRIFT_KEY); 0 when none or unreadable."""
+    try:
+        return max(0.0, float(meta_value)) if meta_value else 0.0
+    except ValueError:
+        return 0.0
 
 
 def known(value: float | None) -> float | None:
@@ -66,9 +87,10 @@ def decide(kind: str, served: Figures | None, candidate: Figures, tolerance: flo
     served_old = known(served.old_bpc)
     if served_old is None:
         return Decision(True, "the served model could not be measured on these lines")
+    drift = max(0.0, served.drift + old - served_old)
     if kind != "finetune":
         if old < served_old:
-            return Decision(True, f"validation {old:.4f} < served {served_old:.4f}")
+            return Decision(True, f"validation {old:.4f} < served {served_old:.4f}", drift)
         return Decision(False, f"validation {old:.4f} not below served {served_old:.4f}")
     if served.new_bpc is not None:
         new, served_new = known(candidate.new_bpc), known(served.new_bpc)
@@ -76,12 +98,12 @@ def decide(kind: str, served: Figures | None, candidate: Figures, tolerance: flo
             return Decision(False, "its bits/char on the held-out new lines is unknown")
         if served_new is not None and new >= served_new:
             return Decision(False, f"new lines {new:.4f} not below served {served_new:.4f}")
-    if old > served_old + tolerance:
-        return Decision(False, f"old validation {old:.4f} worse than served {served_old:.4f} "
-                               f"by more than {tolerance}")
-    return Decision(True, f"old validation {old:.4f} (served {served_old:.4f})"
+    if old > served_old + tolerance - served.drift:
+        return Decision(False, f"old validation {old:.4f} worse than served {served_old:.4f} by more "
+                               f"than {tolerance} less the {served.drift:.4f} earlier fine-tunes used")
+    return Decision(True, f"old validation {old:.4f} (served {served_old:.4f}, drift {drift:.4f})"
                     + (f", new lines {candidate.new_bpc:.4f} (served {served.new_bpc:.4f})"
-                       if served.new_bpc is not None else ""))
+                       if served.new_bpc is not None else ""), drift)
 
 
 class ServedModel:
