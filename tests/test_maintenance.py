@@ -59,6 +59,12 @@ def test_old_runs_are_thinned_recent_runs_kept_whole_and_a_second_pass_deletes_n
             assert _steps(store, recent) == full
         assert result["deleted"]["losses"] == 2 * (len(full) - 7)
         assert run_maintenance(settings, store, NOW)["deleted"]["losses"] == 0
+        # Each run is thinned once: the next pass only looks at runs that left the kept window.
+        assert store.get_meta(maintenance.THINNED_KEY) == str(runs[1])
+        newer = _runs_with_losses(store, 1)
+        assert run_maintenance(settings, store, NOW)["deleted"]["losses"] == len(full) - 7
+        assert _steps(store, runs[2]) == [0, 200, 400, 600, 800, 1000, 1010]
+        assert _steps(store, newer[0]) == full
 
 
 def test_thinning_every_step_keeps_all_losses(tmp_path: Path) -> None:

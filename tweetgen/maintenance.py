@@ -5,7 +5,10 @@ What grows with every job, and what is kept:
 - `losses`: every row of the last `losses_keep_runs` runs; older runs keep only the rows at
   steps that are multiples of `losses_thin_every_steps`, their last row and their validation
   rows (so every run's curve can still be drawn, coarser). Thinning by step number, not by row
-  order, makes it idempotent: a second pass deletes nothing more.
+  order, makes it idempotent: a second pass deletes nothing more. Each run is thinned once: the
+  meta key `losses_thinned_through` remembers the newest run already thinned, so the job's work
+  follows what is new, not the table's size (a later, coarser `losses_thin_every_steps`
+  applies to runs thinned from then on).
 - `job_events`: the last `job_events_keep_days` days.
 - rejected tweets: the last `rejected_keep_days` days (from their review).
 Then `PRAGMA wal_checkpoint(TRUNCATE)` brings the WAL back to zero bytes. The freed pages are
@@ -29,15 +32,19 @@ log = logging.getLogger(__name__)
 BATCH_ROWS = 5000  # rows deleted per transaction: a writer waits for one batch at most
 LAST_RUN_KEY = "maintenance_last"  # meta key: when maintenance last finished (UTC ISO)
 FIRST_RUN_DELAY = timedelta(minutes=1)  # an overdue maintenance runs this long after a start
+THINNED_KEY = "losses_thinned_through"  # meta key: the newest run whose losses are thinned
 
 
-def retention_rules(settings: Settings, now: datetime) -> list[tuple[str, str, str, list[Any]]]:
-    """(name, table, WHERE clause, parameters) of the rows the settings let go."""
+def retention_rules(settings: Settings, now: datetime,
+                    thinned_through: int = 0) -> list[tuple[str, str, str, list[Any]]]:
+    """(name, table, WHERE clause, parameters) of the rows the settings let go; runs up to
+    `thinned_through` were thinned by an earlier pass."""
     rules = [("losses", "losses",
-              "kind = 'train' AND run_id NOT IN (SELECT id FROM runs ORDER BY id DESC LIMIT ?) "
+              "run_id > ? AND kind = 'train' "
+              "AND run_id NOT IN (SELECT id FROM runs ORDER BY id DESC LIMIT ?) "
               "AND step % ? != 0 "
               "AND step < (SELECT max(step) FROM losses AS last WHERE last.run_id = losses.run_id)",
-              [settings.losses_keep_runs, settings.losses_thin_every_steps])]
+              [thinned_through, settings.losses_keep_runs, settings.losses_thin_every_steps])]
     if settings.job_events_keep_days > 0:
         cutoff = _iso(now - timedelta(days=settings.job_events_keep_days))
         rules.append(("job_events", "job_events", "created < ?", [cutoff]))
@@ -52,8 +59,10 @@ def run_maintenance(settings: Settings, store: Store, now: datetime | None = Non
     """Apply the retention settings, checkpoint the WAL (and VACUUM if set); what it did."""
     started = time.monotonic()
     now = now or datetime.now(UTC)
+    thinned_through = int(store.get_meta(THINNED_KEY) or 0)
     deleted = {name: delete_all(store, table, where, params)
-               for name, table, where, params in retention_rules(settings, now)}
+               for name, table, where, params in retention_rules(settings, now, thinned_through)}
+    store.set_meta(THINNED_KEY, str(store.newest_run_before_last(settings.losses_keep_runs)))
     if settings.maintenance_vacuum:
         store.vacuum()
     store.set_meta(LAST_RUN_KEY, _iso(datetime.now(UTC)))  # before the checkpoint: it empties the WAL

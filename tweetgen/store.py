@@ -1053,6 +1053,13 @@ class Store:
             ).rowcount
 
     @_guarded
+    def newest_run_before_last(self, count: int) -> int:
+        """The id of the newest run that is not among the last `count` runs (0: none)."""
+        row = self.db.execute("SELECT coalesce(max(id), 0) FROM runs WHERE id NOT IN "
+                              "(SELECT id FROM runs ORDER BY id DESC LIMIT ?)", [count]).fetchone()
+        return int(row[0])
+
+    @_guarded
     def checkpoint_wal(self) -> dict[str, int]:
         """Copy the WAL into the database and truncate it to zero bytes. `busy` is 1 when a
         reader kept part of it (the next checkpoint gets the rest)."""
