@@ -109,8 +109,11 @@ def build_vocab(settings: Settings) -> Vocab:
     if not lines:
         raise corpus.CorpusError(f"corpus {settings.corpus_file} has no usable lines; append some text")
     train, _ = split_lines(lines, settings.validation_fraction)
-    vocab = Vocab.build(train, settings.vocab_min_count)
-    log.info("vocabulary: %d characters (+3 reserved) from %d training lines", len(vocab.chars), len(train))
+    # A pair's tab is never encoded (tweetgen.context); <sep> is reserved for context training.
+    vocab = Vocab.build((corpus.plain_text(line) for line in train), settings.vocab_min_count,
+                        reserve_sep=True)
+    log.info("vocabulary: %d characters, <sep> included (+3 reserved) from %d training lines",
+             len(vocab.chars), len(train))
     return vocab
 
 
@@ -402,7 +405,8 @@ def evaluate_file(settings: Settings, path: Path, checkpoint: str | None = None)
     """Bits per character of a checkpoint on any text file (one entry per line, same cleaning)."""
     ckpt, model, vocab = load_usable_checkpoint(checkpoint_manager(settings), checkpoint)
     batch = corpus.read_lines(path)
-    sequences, unknown = encode_lines(batch.lines, vocab, settings.max_line_chars)
+    sequences, unknown = encode_lines([corpus.plain_text(line) for line in batch.lines], vocab,
+                                      settings.max_line_chars)
     bpc = bits_per_char(model, sequences) if sequences else float("nan")
     chars = int(sum(len(s) - 1 for s in sequences))
     return {"file": str(path), "checkpoint": ckpt.name, "step": ckpt.step, "lines": len(batch.lines),
