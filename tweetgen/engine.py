@@ -312,8 +312,14 @@ def open_generator(settings: Settings, checkpoint: str | None = None,
         index = shared_index(settings.corpus_file, settings.novelty_ngram)
         index.update()
         novelty = index.novelty
-    generator = Generator(model, vocab, settings.max_tweet_chars, novelty, settings.max_line_chars)
+    generator = Generator(model, vocab, settings.max_tweet_chars, novelty, settings.max_line_chars,
+                          context_mode=trained_context(ckpt))
     return generator, ckpt
+
+
+def trained_context(ckpt: Checkpoint) -> str:
+    """The context_mode the checkpoint was trained with ("none" for one made before it existed)."""
+    return str(ckpt.meta.get("context_mode") or "none")
 
 
 def model_and_vocab(ckpt: Checkpoint) -> tuple[CharGRU, Vocab]:
@@ -455,6 +461,7 @@ class GeneratorCache:
             if same and [tuple(w.shape) for w in weights] == [tuple(a.shape) for a in ckpt.weights]:
                 for variable, value in zip(weights, ckpt.weights):
                     variable.assign(value)
+                self.generator.context_mode = trained_context(ckpt)
                 return self.generator, ckpt
         return open_generator(self.settings, with_novelty=False)
 
