@@ -223,3 +223,23 @@ def test_sep_is_never_sampled(fixed_model) -> None:
     [sample] = Generator(model, VOCAB, 20, context_mode="pairs").generate(["hi"], mode="reply", top_k=1,
                                                                           random_seed=1)
     assert sample.text == "h" * 20
+
+
+def test_a_model_trained_with_context_uses_the_message(make_settings, tmp_path) -> None:
+    """Each reply follows from its message alone: given the message its bits/char fall far below
+    the same replies given nothing (the loss reached the reply through the message's inputs)."""
+    colours = {"red": "apple", "yellow": "banana", "green": "pear", "purple": "plum"}
+    lines = [f"{colour} {i % 3}\t{fruit}" for i in range(30) for colour, fruit in colours.items()]
+    settings = make_settings(tmp_path, context_mode="pairs", context_share=1.0, learning_rate=0.01,
+                             lr_warmup_steps=0, validation_fraction=0.01)
+    write_corpus(settings.corpus_file, lines)
+    vocab = Vocab.build([corpus.plain_text(line) for line in lines], reserve_sep=True)
+    job = TrainJob("train", 1, 0, corpus.complete_end(settings.corpus_file), 0)
+    job.new_plan(0, steps=150)
+    trainer = Trainer.fresh(settings, vocab)
+    trainer.run(job, build_data(settings, vocab, job), CheckpointManager(tmp_path / "ckpts"))
+    pairs = context.examples([f"{colour} 9\t{fruit}" for colour, fruit in colours.items()], "pairs")
+    given, _ = context.encode_examples(pairs, vocab, 280)
+    alone, _ = context.encode_examples([item.single() for item in pairs], vocab, 280)
+    with_message, without = bits_per_char(trainer.model, given), bits_per_char(trainer.model, alone)
+    assert with_message < 0.5 < without - 0.3, (with_message, without)
