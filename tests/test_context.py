@@ -243,3 +243,23 @@ def test_a_model_trained_with_context_uses_the_message(make_settings, tmp_path) 
     alone, _ = context.encode_examples([item.single() for item in pairs], vocab, 280)
     with_message, without = bits_per_char(trainer.model, given), bits_per_char(trainer.model, alone)
     assert with_message < 0.5 < without - 0.3, (with_message, without)
+
+
+def test_a_finetune_trains_new_and_replayed_pairs_with_context(make_settings, tmp_path) -> None:
+    settings = make_settings(tmp_path, context_mode="pairs", context_share=1.0)
+    old, new = pair_lines(200)[:120], pair_lines(200)[120:]
+    write_corpus(settings.corpus_file, old)
+    start = corpus.complete_end(settings.corpus_file)
+    corpus.append_lines(settings.corpus_file, new)
+    vocab = Vocab.build([corpus.plain_text(line) for line in old + new], reserve_sep=True)
+    job = TrainJob("finetune", 9, start, corpus.complete_end(settings.corpus_file), 0, replay_ratio=1.0,
+                   validation_base=[line for line in old if corpus.is_validation(line)])
+    data = build_data(settings, vocab, job)
+    assert data.new_lines and data.replay_lines
+    # Every new and replayed pair is trained after its message (a share of 1).
+    assert all((seq >= NO_LOSS).any() for seq in data.train)
+    # Reply validation: the old held-out pairs and the new ones, never trained by this job.
+    new_held_out = [line for line in new if corpus.is_validation(line, settings.new_validation_fraction)]
+    assert len(data.reply_validation) == len(job.validation_base) + len(new_held_out)
+    assert len(data.new_validation) == len(new_held_out)
+    assert build_data(settings, vocab, job).train[5].tolist() == data.train[5].tolist()  # rebuilt alike
