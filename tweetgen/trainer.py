@@ -426,8 +426,10 @@ class Trainer:
                             [v.numpy() for v in self.optimizer.variables])
         faults.crash_point("checkpoint-saved")
         train_bpc = f"{self.last_loss / math.log(2):.4f}" if self.last_loss is not None else "-"
-        log.info("checkpoint %s: step %d, training loss %s bits/char, validation %.4f bits/char",
-                 path.name, self.step, train_bpc, meta["val_bpc"])
+        replies = (f", replies given their message {meta['val_reply_bpc']:.4f}"
+                   if meta["val_reply_bpc"] is not None else "")
+        log.info("checkpoint %s: step %d, training loss %s bits/char, validation %.4f bits/char%s",
+                 path.name, self.step, train_bpc, meta["val_bpc"], replies)
         if on_checkpoint:
             on_checkpoint(path, meta)
         return path, meta
