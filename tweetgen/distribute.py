@@ -17,8 +17,8 @@ Under a strategy other than the default, the trainer's model and optimizer are m
 per replica, kept equal) and one training step
 1. cuts the global batch into equal row shards, one per replica (missing rows are all <pad>),
 2. takes on each replica the gradient of its shard's summed masked cross-entropy divided by the
-   GLOBAL count of non-padding targets, so that the replicas' gradients sum to the gradient of
-   the global batch's mean loss, the one a single device computes,
+   GLOBAL count of trained targets (loss weight 1: not padding, not NO_LOSS), so that the
+   replicas' gradients sum to the gradient of the global batch's mean loss, the one a single device computes,
 3. sums them across replicas, clips that sum by its global norm and applies it if it is finite.
 Validation sums the replicas' loss sums and target counts. Checkpoints hold the same plain arrays
 whatever the strategy, so a run resumes on any number of replicas. Only the chief writes them: the
@@ -300,7 +300,7 @@ def make_train_step(strategy: tf.distribute.Strategy, settings: Settings, model:
 
 
 def make_eval_fn(strategy: tf.distribute.Strategy, model: CharGRU) -> Callable:
-    """Validation's compiled batch: (batch) -> (summed masked loss, non-padding targets)."""
+    """Validation's compiled batch: (batch) -> (summed masked loss, trained targets)."""
     if is_default(strategy):
         return single_device_eval_fn(model)
     replicas = strategy.num_replicas_in_sync
