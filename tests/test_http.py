@@ -608,7 +608,7 @@ def test_openapi_describes_every_route_and_the_bearer_scheme(client):
             assert (op.get("security") == [{"HTTPBearer": []}]) == (method == "post"), path
     generate = spec["components"]["schemas"]["GenerateRequest"]
     assert set(generate["properties"]) == {"seed", "n", "temperature", "top_k", "mode", "random_seed",
-                                           "raw"}
+                                           "raw", "previous"}
     assert generate["additionalProperties"] is False
     params = {p["name"] for p in spec["paths"]["/api/tweets"]["get"]["parameters"]}
     assert params == {"since", "seed", "checkpoint", "status", "search", "novel_only", "limit", "offset",
