@@ -76,7 +76,7 @@ def encode_example(item: Example, vocab: Vocab, max_chars: int) -> tuple[np.ndar
     tail = [EOS] if len(item.text) <= max_chars else []
     ids, unknown = vocab.encode(text)
     room = max_chars - len(text) - 1
-    if item.message is None or room < 1 or vocab.sep_id is None or not item.message:
+    if not item.message or room < 1 or vocab.sep_id is None:
         return np.concatenate([[EOS], ids, tail]).astype(np.int32), unknown
     message_ids, message_unknown = vocab.encode(item.message[-room:])
     read_only = np.concatenate([message_ids, [vocab.sep_id]]) + NO_LOSS
