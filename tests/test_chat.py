@@ -132,3 +132,60 @@ def test_chat_refuses_a_bad_temperature(settings):
     finally:
         status = term.close()
     assert status == 2
+
+
+def pair_lines() -> list[str]:
+    """A dialog corpus: each question line answered by a reply of other words."""
+    from webhome import WORDS
+
+    lines = []
+    for i in range(60):
+        question = " ".join(WORDS[(i * 5 + j * 3) % len(WORDS)] for j in range(2 + i % 3))
+        answer = " ".join(WORDS[(i * 7 + j * 2 + 1) % len(WORDS)] for j in range(3 + i % 4))
+        lines.append(f"{question}?\t{answer}")
+    return lines * 4
+
+
+def test_chat_with_a_context_trained_model_remembers_the_last_turn_and_stores_replies(tmp_path):
+    import sqlite3
+
+    from tweetgen.checkpoints import CheckpointManager
+    from tweetgen.vocab import Vocab
+
+    settings = make_home(tmp_path / "home", 'context_mode = "pairs"\n', lines=pair_lines())
+    meta = CheckpointManager(settings.checkpoints).load_latest().meta
+    assert meta["context_mode"] == "pairs" and meta["val_reply_bpc"] is not None
+    assert Vocab.from_json(meta["vocab"]).sep_id is not None
+
+    term = Terminal("chat", "--home", str(settings.home))
+    said = ["the cat sat?", "on the mat?", "/new", "the dog ran?"]
+    replies = []
+    try:
+        term.expect(r"reply T=0\.8> ")
+        for line in said:
+            term.type(line)
+            if line == "/new":
+                term.expect(r"new conversation\r\n")
+            else:
+                replies.append(term.expect(r"bot: (.*?)\r\n").group(1))
+        term.type("/quit")
+        term.expect("bye")
+    finally:
+        status = term.close()
+    assert status == 0
+
+    with sqlite3.connect(settings.db_file) as db:
+        rows = db.execute("SELECT text, seed, mode, status FROM samples WHERE source = 'chat' "
+                          "ORDER BY id").fetchall()
+    answered = [r for r in replies if not r.startswith("(no reply passed")]
+    assert [row[0] for row in rows] == answered and len(answered) >= 2
+    # Each reply answers the bot's previous reply followed by the new line; /new forgets it.
+    expected_seeds, previous = [], ""
+    for line, reply in zip([s for s in said if s != "/new"], replies):
+        if line == "the dog ran?":
+            previous = ""
+        if not reply.startswith("(no reply passed"):
+            expected_seeds.append(f"{previous} {line}" if previous else line)
+            previous = reply
+    assert [row[1] for row in rows] == expected_seeds
+    assert all(row[2] == "reply" and row[3] == "new" for row in rows)

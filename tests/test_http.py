@@ -95,6 +95,19 @@ def test_generate_reply_reads_the_seed_as_the_previous_line(client, store, setti
         assert tweet["mode"] == "reply" and tweet["seed"] == line
         assert len(tweet["text"]) <= settings.max_tweet_chars
         assert store.get_sample(tweet["id"])["mode"] == "reply"
+        assert tweet["source"] == "chat" and tweet["status"] == "new"  # reviewable like tweets
+
+
+def test_generate_reply_after_the_previous_turn(client, store):
+    body = {"seed": "and the dog?", "previous": "the cat sat on the mat", "n": 1, "mode": "reply"}
+    response = client.post("/api/generate", json=body)
+    assert response.status_code == 200, response.text
+    [tweet] = response.json()["tweets"]
+    stored = store.get_sample(tweet["id"])
+    assert stored["seed"] == "the cat sat on the mat and the dog?"  # what the reply answered
+    assert (stored["source"], stored["mode"]) == ("chat", "reply")
+    refused = client.post("/api/generate", json={**body, "mode": "continue", "seed": "the"})
+    assert refused.status_code == 422 and "previous: only in reply mode" in refused.text
 
 
 @pytest.mark.parametrize("body, field", [
@@ -595,7 +608,7 @@ def test_openapi_describes_every_route_and_the_bearer_scheme(client):
             assert (op.get("security") == [{"HTTPBearer": []}]) == (method == "post"), path
     generate = spec["components"]["schemas"]["GenerateRequest"]
     assert set(generate["properties"]) == {"seed", "n", "temperature", "top_k", "mode", "random_seed",
-                                           "raw"}
+                                           "raw", "previous"}
     assert generate["additionalProperties"] is False
     params = {p["name"] for p in spec["paths"]["/api/tweets"]["get"]["parameters"]}
     assert params == {"since", "seed", "checkpoint", "status", "search", "novel_only", "limit", "offset",

@@ -89,7 +89,8 @@ def test_the_api_cleans_the_seed(settings) -> None:
             assert not has_control(tweet["seed"]) and not has_control(tweet["text"])
             with Store(settings.db_file) as store:
                 stored = store.get_sample(tweet["id"])
-            assert stored["seed"] == tweet["seed"] and stored["source"] == "on-demand"
+            source = "on-demand" if mode == "continue" else "chat"  # a reply is a chat turn
+            assert stored["seed"] == tweet["seed"] and stored["source"] == source
 
 
 def test_seeds_from_the_settings_are_cleaned(settings) -> None:

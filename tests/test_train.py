@@ -26,7 +26,7 @@ from tweetgen.train import (
     pad_batch,
 )
 from tweetgen.trainer import Trainer, TrainJob, build_data, finetune_steps, validation_subset
-from tweetgen.vocab import EOS, PAD, Vocab
+from tweetgen.vocab import EOS, NO_LOSS, PAD, Vocab
 
 CONFIG = {"input_mode": "embedding", "embedding_dim": 8, "gru_sizes": [16, 24], "dropout": 0.2}
 
@@ -235,11 +235,15 @@ def _setup(make_settings, home, **overrides):
     return settings, vocab, end
 
 
-def test_resume_is_exact(make_settings, tmp_path) -> None:
+@pytest.mark.parametrize("context_mode", ["none", "previous-line"])
+def test_resume_is_exact(make_settings, tmp_path, context_mode) -> None:
     # Dropout on and a schedule that warms up and anneals over the plan, so both must be resumed
     # exactly too; 60 lines in batches of 8 make 8 batches an epoch, so the runs cross an epoch.
+    # With context on, the share of replies trained after their message is drawn again on resume.
     settings, vocab, end = _setup(make_settings, tmp_path / "a", dropout=0.2, batch_size=8,
-                                  lr_warmup_steps=3)
+                                  lr_warmup_steps=3, context_mode=context_mode)
+    if context_mode != "none":
+        vocab = Vocab.build(corpus.read_lines(settings.corpus_file).lines, reserve_sep=True)
     n = 6
 
     def job() -> TrainJob:
@@ -249,6 +253,8 @@ def test_resume_is_exact(make_settings, tmp_path) -> None:
 
     data = build_data(settings, vocab, job())
     assert len(data.train) > 8 * 8 // 2 and data.validation
+    with_context = sum(int((seq >= NO_LOSS).any()) for seq in data.train)
+    assert (with_context > len(data.train) // 4) == (context_mode != "none")
 
     straight = Trainer.fresh(settings, vocab)
     rates: list[float] = []

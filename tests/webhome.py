@@ -32,12 +32,13 @@ WORDS = "the cat dog bird sat ran flew on in over mat fog sea sun rain city".spl
 LINES = [" ".join(WORDS[(i * 5 + j * 3) % len(WORDS)] for j in range(3 + i % 5)) for i in range(60)]
 
 
-def make_home(home: Path, extra_toml: str = "") -> Settings:
-    """Write the config and corpus under `home`, train 20 steps, promote; the Settings."""
+def make_home(home: Path, extra_toml: str = "", lines: list[str] | None = None) -> Settings:
+    """Write the config and corpus (`lines`, else LINES) under `home`, train 20 steps, promote;
+    the Settings."""
     from tweetgen import engine, finetune
 
     (home / "data").mkdir(parents=True, exist_ok=True)
-    (home / "data" / "corpus.txt").write_text("".join(f"{line}\n" for line in LINES * 4))
+    (home / "data" / "corpus.txt").write_text("".join(f"{line}\n" for line in lines or LINES * 4))
     (home / "tweetgen.toml").write_text(TOML + extra_toml)
     settings = settings_of(home)
     with Store(settings.db_file) as store:

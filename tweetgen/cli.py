@@ -183,6 +183,26 @@ def cmd_import_fortunes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_dialog(args: argparse.Namespace) -> int:
+    from .dialog import read_dialogs
+
+    if args.output and args.corpus:
+        raise UsageError("give --output FILE or --corpus, not both")
+    dialog = read_dialogs(Path(name) for name in args.files)  # all read before anything is written
+    skipped = ", ".join(f"{n} {why}" for why, n in sorted(dialog.skipped.items())) or "none"
+    summary = f"{len(dialog.pairs)} pairs from {dialog.files} files (skipped: {skipped})"
+    if not (args.output or args.corpus):
+        sys.stdout.write("".join(f"{line}\n" for line in dialog.lines()))
+        print(summary, file=sys.stderr)
+        return 0
+    target = settings_from(args).corpus_file if args.corpus else Path(args.output)
+    result = corpus.append_lines(target, dialog.lines())  # locked and all or nothing, like append
+    emit({"pairs": len(dialog.pairs), "added": result.added, "skipped": dict(dialog.skipped),
+          "file": str(target)}, args.json,
+         lambda d: f"{summary}; appended {result.added} to {target} (context_mode = \"pairs\" trains them)")
+    return 0
+
+
 # ---------------------------------------------------------------- corpus and store commands
 
 
@@ -452,6 +472,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("import-fortunes", cmd_import_fortunes, "append a fortune file's entries to the corpus")
     p.add_argument("path", nargs="?", help="fortune file (default: the FreeBSD one)")
+
+    p = command("import-dialog", cmd_import_dialog,
+                "message<TAB>reply pairs from ChatterBot YAML or TSV files: to standard output, "
+                "or appended to a corpus")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="ChatterBot corpus .yml/.yaml (conversations:), or message<TAB>reply lines")
+    p.add_argument("--output", metavar="FILE", help="append the pairs to this corpus file")
+    p.add_argument("--corpus", action="store_true", help="append the pairs to the configured corpus")
 
     p = command("append", cmd_append, "append lines to the corpus (validated, locked, fsynced)")
     p.add_argument("text", nargs="*")

@@ -55,6 +55,9 @@ class Settings:
     initial_steps: int = 3000
     initial_minutes: float = 0.0  # > 0: the initial run stops after this many minutes instead
     max_bad_steps: int = 20  # non-finite losses tolerated in one run before it stops
+    # Context (tweetgen.context): how lines relate, so replies are trained after their message.
+    context_mode: str = "none"  # "none", "previous-line" (consecutive lines are turns) or "pairs"
+    context_share: float = 0.5  # share of replies trained after their message (the rest alone)
 
     # Devices (tweetgen.distribute): batch_size is the global batch, split across the replicas.
     strategy: str = "auto"  # "auto" (the one GPU, else the CPU), "mirrored" or "multi-worker"
@@ -273,6 +276,7 @@ STRATEGIES = ("auto", "mirrored", "multi-worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 LR_SCHEDULES = ("cosine", "exponential")
 MATMUL_PRECISIONS = ("auto", "float32", "bfloat16")
+CONTEXT_MODES = ("none", "previous-line", "pairs")  # the same as tweetgen.context.MODES
 # Settings that no longer exist: a file or environment that still sets one gets a warning naming
 # what replaced it, and the value is ignored (so an upgraded daemon still starts).
 REMOVED_SETTINGS = {
@@ -294,6 +298,11 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("validation_fraction must be in (0, 0.5)")
     if settings.idle_recent_weight < 1:
         raise ConfigError(f"idle_recent_weight must be at least 1, got {settings.idle_recent_weight}")
+    if settings.context_mode not in CONTEXT_MODES:
+        raise ConfigError(f"context_mode must be one of {', '.join(CONTEXT_MODES)}, "
+                          f"got {settings.context_mode!r}")
+    if not 0 <= settings.context_share <= 1:
+        raise ConfigError(f"context_share must be in [0, 1], got {settings.context_share}")
     if not 0 <= settings.new_validation_fraction < 0.5:
         raise ConfigError("new_validation_fraction must be in [0, 0.5)")
     if settings.batch_size < 1 or settings.max_tweet_chars < 1 or settings.keep_checkpoints < 1:

@@ -62,15 +62,35 @@ def clean_text(text: str) -> str:
     return " ".join(text.split())
 
 
+PAIR_SEP = "\t"  # a corpus line `message<TAB>reply` is a dialog pair (tweetgen.context)
+
+
+def clean_pair_text(text: str) -> str:
+    """clean_text, but the first tab between two non-empty sides stays, as the pair separator;
+    any other tab is whitespace like before."""
+    message, tab, reply = text.partition(PAIR_SEP)
+    if tab:
+        message, reply = clean_text(message), clean_text(reply)
+        if message and reply:
+            return message + PAIR_SEP + reply
+    return clean_text(text)
+
+
+def plain_text(line: str) -> str:
+    """A corpus line as one text: a pair's tab read as a space (how lines were cleaned before
+    pairs existed, and how a model trained without context reads them)."""
+    return line.replace(PAIR_SEP, " ")
+
+
 def clean_line(raw: bytes) -> tuple[str | None, str | None]:
-    """(text, None) for a usable line, else (None, reason)."""
+    """(text, None) for a usable line, else (None, reason). A pair keeps its tab."""
     if len(raw) > MAX_LINE_BYTES:
         return None, "too long"
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return None, "invalid utf-8"
-    text = clean_text(text)
+    text = clean_pair_text(text)
     if not text:
         return None, "empty"
     return text, None

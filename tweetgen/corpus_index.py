@@ -46,8 +46,9 @@ class CorpusIndex:
                     self._reset()
                 start = self.indexed_to
                 for batch in corpus.iter_batches(self.path, start):
-                    self.novelty.add(batch.lines)
-                    self.first_words.update(line.split(" ", 1)[0] for line in batch.lines)
+                    lines = [corpus.plain_text(line) for line in batch.lines]
+                    self.novelty.add(lines)
+                    self.first_words.update(line.split(" ", 1)[0] for line in lines)
                     self.indexed_to = batch.end
                 if self.indexed_to != start:
                     self._identity = corpus.file_identity(self.path, self.indexed_to)

@@ -17,8 +17,8 @@ Under a strategy other than the default, the trainer's model and optimizer are m
 per replica, kept equal) and one training step
 1. cuts the global batch into equal row shards, one per replica (missing rows are all <pad>),
 2. takes on each replica the gradient of its shard's summed masked cross-entropy divided by the
-   GLOBAL count of non-padding targets, so that the replicas' gradients sum to the gradient of
-   the global batch's mean loss, the one a single device computes,
+   GLOBAL count of trained targets (loss weight 1: not padding, not NO_LOSS), so that the
+   replicas' gradients sum to the gradient of the global batch's mean loss, the one a single device computes,
 3. sums them across replicas, clips that sum by its global norm and applies it if it is finite.
 Validation sums the replicas' loss sums and target counts. Checkpoints hold the same plain arrays
 whatever the strategy, so a run resumes on any number of replicas. Only the chief writes them: the
@@ -52,9 +52,9 @@ import tensorflow as tf
 from . import cpu
 from .config import ConfigError, Settings
 from .model import CharGRU, build_model
+from .train import loss_weights, masked_loss_sum, model_inputs
 from .train import make_eval_fn as single_device_eval_fn
 from .train import make_train_step as single_device_train_step
-from .train import masked_loss_sum
 from .vocab import PAD
 
 log = logging.getLogger(__name__)
@@ -266,10 +266,10 @@ def make_train_step(strategy: tf.distribute.Strategy, settings: Settings, model:
         context = tf.distribute.get_replica_context()
         replica = context.replica_id_in_sync_group
         shard = replica_shard(batch, replica, replicas)
-        targets = tf.reduce_sum(tf.cast(tf.not_equal(batch[:, 1:], PAD), tf.float32))
+        targets = tf.reduce_sum(loss_weights(batch[:, 1:]))
         dropout_seed = tf.random.experimental.stateless_fold_in(seed, replica)
         with tf.GradientTape() as tape:
-            logits = model(shard[:, :-1], dropout_seed=dropout_seed, matmul_dtype=dtype)
+            logits = model(model_inputs(shard), dropout_seed=dropout_seed, matmul_dtype=dtype)
             total, _ = masked_loss_sum(shard[:, 1:], logits)
             # This replica's share of the global batch's mean loss (fault_scale is 1.0 but in tests).
             loss = total / tf.maximum(targets, 1.0) * fault_scale
@@ -300,7 +300,7 @@ def make_train_step(strategy: tf.distribute.Strategy, settings: Settings, model:
 
 
 def make_eval_fn(strategy: tf.distribute.Strategy, model: CharGRU) -> Callable:
-    """Validation's compiled batch: (batch) -> (summed masked loss, non-padding targets)."""
+    """Validation's compiled batch: (batch) -> (summed masked loss, trained targets)."""
     if is_default(strategy):
         return single_device_eval_fn(model)
     replicas = strategy.num_replicas_in_sync
@@ -308,7 +308,7 @@ def make_eval_fn(strategy: tf.distribute.Strategy, model: CharGRU) -> Callable:
     def replica_eval(batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         replica = tf.distribute.get_replica_context().replica_id_in_sync_group
         shard = replica_shard(batch, replica, replicas)
-        return masked_loss_sum(shard[:, 1:], model(shard[:, :-1]))
+        return masked_loss_sum(shard[:, 1:], model(model_inputs(shard)))
 
     @tf.function(input_signature=[tf.TensorSpec((None, None), tf.int32)], reduce_retracing=True)
     def eval_batch(batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

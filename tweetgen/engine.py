@@ -109,8 +109,11 @@ def build_vocab(settings: Settings) -> Vocab:
     if not lines:
         raise corpus.CorpusError(f"corpus {settings.corpus_file} has no usable lines; append some text")
     train, _ = split_lines(lines, settings.validation_fraction)
-    vocab = Vocab.build(train, settings.vocab_min_count)
-    log.info("vocabulary: %d characters (+3 reserved) from %d training lines", len(vocab.chars), len(train))
+    # A pair's tab is never encoded (tweetgen.context); <sep> is reserved for context training.
+    vocab = Vocab.build((corpus.plain_text(line) for line in train), settings.vocab_min_count,
+                        reserve_sep=True)
+    log.info("vocabulary: %d characters, <sep> included (+3 reserved) from %d training lines",
+             len(vocab.chars), len(train))
     return vocab
 
 
@@ -309,8 +312,14 @@ def open_generator(settings: Settings, checkpoint: str | None = None,
         index = shared_index(settings.corpus_file, settings.novelty_ngram)
         index.update()
         novelty = index.novelty
-    generator = Generator(model, vocab, settings.max_tweet_chars, novelty, settings.max_line_chars)
+    generator = Generator(model, vocab, settings.max_tweet_chars, novelty, settings.max_line_chars,
+                          context_mode=trained_context(ckpt))
     return generator, ckpt
+
+
+def trained_context(ckpt: Checkpoint) -> str:
+    """The context_mode the checkpoint was trained with ("none" for one made before it existed)."""
+    return str(ckpt.meta.get("context_mode") or "none")
 
 
 def model_and_vocab(ckpt: Checkpoint) -> tuple[CharGRU, Vocab]:
@@ -402,7 +411,8 @@ def evaluate_file(settings: Settings, path: Path, checkpoint: str | None = None)
     """Bits per character of a checkpoint on any text file (one entry per line, same cleaning)."""
     ckpt, model, vocab = load_usable_checkpoint(checkpoint_manager(settings), checkpoint)
     batch = corpus.read_lines(path)
-    sequences, unknown = encode_lines(batch.lines, vocab, settings.max_line_chars)
+    sequences, unknown = encode_lines([corpus.plain_text(line) for line in batch.lines], vocab,
+                                      settings.max_line_chars)
     bpc = bits_per_char(model, sequences) if sequences else float("nan")
     chars = int(sum(len(s) - 1 for s in sequences))
     return {"file": str(path), "checkpoint": ckpt.name, "step": ckpt.step, "lines": len(batch.lines),
@@ -451,6 +461,7 @@ class GeneratorCache:
             if same and [tuple(w.shape) for w in weights] == [tuple(a.shape) for a in ckpt.weights]:
                 for variable, value in zip(weights, ckpt.weights):
                     variable.assign(value)
+                self.generator.context_mode = trained_context(ckpt)
                 return self.generator, ckpt
         return open_generator(self.settings, with_novelty=False)
 

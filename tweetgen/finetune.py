@@ -61,7 +61,7 @@ def scan_range(settings: Settings, trainer: Trainer, start: int, end: int) -> In
         lines += len(batch.lines)
         rejected.update(batch.rejected)
         for line in batch.lines:
-            unknown.update(trainer.vocab.unknown_chars(line))
+            unknown.update(trainer.vocab.unknown_chars(corpus.plain_text(line)))
     return IngestScan(start, end, lines, rejected, sum(unknown.values()), unknown, identity)
 
 

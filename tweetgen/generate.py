@@ -1,9 +1,11 @@
 """Batched, seeded sampling: every seed x sample in one compiled loop that carries GRU state.
 
-Each row is fed its prefix (<eos>, then the seed; in reply mode <eos>, the text, <eos>) one
-character at a time, then samples from softmax(logits / T) (optionally top-k) until it samples
-<eos> or reaches the tweet limit. The work per character is O(1): one GRU-cell step per layer.
-Sampling uses stateless random ops with explicit seeds, so `random_seed` reproduces a batch.
+Each row is fed its prefix (<eos>, then the seed; in reply mode the trained context: <eos>, the
+message, <sep> for a model trained with context, else <eos>, the message, <eos>; see
+tweetgen.context) one character at a time, then samples from softmax(logits / T) (optionally
+top-k) until it samples <eos> or reaches the tweet limit. The work per character is O(1): one
+GRU-cell step per layer. Sampling uses stateless random ops with explicit seeds, so
+`random_seed` reproduces a batch.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import tensorflow as tf
 
+from .context import reply_prefix
 from .corpus import clean_seed
 from .errors import GenerationError
 from .model import CharGRU
@@ -84,9 +87,10 @@ class Generator:
 
     def __init__(self, model: CharGRU, vocab: Vocab, max_chars: int = 140,
                  novelty: NoveltyIndex | None = None, max_context: int = 280,
-                 jit_compile: bool | None = True) -> None:
+                 jit_compile: bool | None = True, context_mode: str = "none") -> None:
         self.model = model
         self.vocab = vocab
+        self.context_mode = context_mode  # what the model was trained with (its checkpoint's meta)
         self.max_chars = max_chars
         self.novelty = novelty
         self.max_context = max_context
@@ -112,8 +116,9 @@ class Generator:
         total = tf.reduce_max(prefix_len) + tf.reduce_max(budget)
         # An upper bound on the steps that depends on shapes only (a fixed size for XLA).
         capacity = prefix_width + self.max_chars
-        # Never sample padding or <unk>.
-        banned = tf.scatter_nd([[PAD], [UNK]], [-1e9, -1e9], [self.model.vocab_size])
+        # Never sample padding, <unk> or <sep>.
+        never = [PAD, UNK] + ([self.vocab.sep_id] if self.vocab.sep_id is not None else [])
+        banned = tf.scatter_nd([[i] for i in never], [-1e9] * len(never), [self.model.vocab_size])
         # The random numbers of every step at once (stateless: the seed alone decides them).
         uniforms = tf.random.stateless_uniform([capacity, batch], seed)
 
@@ -186,9 +191,13 @@ class Generator:
         rows = [seed for seed in seeds for _ in range(n)]
         prefixes, lengths, budgets, unknown = [], [], [], []
         for seed in rows:
-            ids, n_unknown = self.vocab.encode(seed if mode == "continue" else seed[-self.max_context:])
-            tail = [EOS] if mode == "reply" else []
-            prefixes.append(np.concatenate([[EOS], ids, tail]).astype(np.int32))
+            if mode == "reply":
+                prefix, n_unknown = reply_prefix(seed, self.vocab, self.context_mode, self.max_context,
+                                                 self.max_chars)
+            else:
+                ids, n_unknown = self.vocab.encode(seed)
+                prefix = np.concatenate([[EOS], ids]).astype(np.int32)
+            prefixes.append(prefix)
             lengths.append(len(prefixes[-1]))
             budgets.append(self.max_chars - (len(seed) if mode == "continue" else 0))
             unknown.append(n_unknown)

@@ -4,6 +4,12 @@ One corpus line is one sequence: <eos> (the "previous line ended" context), its 
 then <eos>. Batches are padded to their longest line and the loss is masked on padding, so
 padding a batch longer never changes its loss (the GRU is causal, padding comes last).
 
+Each target position has a loss weight of 0 or 1: 0 for padding, and 0 for a position that is
+read but not trained, such as the message of a context sequence `<eos> message <sep> reply <eos>`
+(tweetgen.context). Such a position's id carries the NO_LOSS flag in the sequence itself, so the
+weight travels with the batch through the batcher, the shards and every compiled step unchanged;
+`model_inputs` strips the flag before the model reads the ids.
+
 Everything random is derived from (run seed, epoch) for the data order and (run seed, step) for
 dropout, so a run resumed from a checkpoint draws exactly what the uninterrupted run drew.
 """
@@ -20,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from .model import CharGRU
-from .vocab import EOS, PAD, Vocab
+from .vocab import EOS, NO_LOSS, PAD, Vocab
 
 log = logging.getLogger(__name__)
 
@@ -97,17 +103,28 @@ class Batcher:
 # ---------------------------------------------------------------- loss and validation
 
 
+def model_inputs(batch: tf.Tensor) -> tf.Tensor:
+    """The ids the model reads: every position but the last, without the NO_LOSS flag."""
+    return tf.bitwise.bitwise_and(batch[:, :-1], NO_LOSS - 1)
+
+
+def loss_weights(targets: tf.Tensor) -> tf.Tensor:
+    """Per target position: 1.0 where it is trained, 0.0 for padding and NO_LOSS positions."""
+    return tf.cast(tf.logical_and(tf.not_equal(targets, PAD), targets < NO_LOSS), tf.float32)
+
+
 def masked_loss_sum(targets: tf.Tensor, logits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """(sum of cross-entropy in nats over non-padding targets, their count)."""
-    mask = tf.cast(tf.not_equal(targets, PAD), tf.float32)
+    """(sum of cross-entropy in nats over the weighted targets, the sum of their weights)."""
+    weights = loss_weights(targets)
+    labels = tf.bitwise.bitwise_and(targets, NO_LOSS - 1)
     logits = tf.cast(logits, tf.float32)  # the loss stays float32 under mixed precision
-    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
-    return tf.reduce_sum(losses * mask), tf.reduce_sum(mask)
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    return tf.reduce_sum(losses * weights), tf.reduce_sum(weights)
 
 
 def masked_mean_loss(model: CharGRU, batch: tf.Tensor, dropout_seed: tf.Tensor | None = None,
                      matmul_dtype: tf.DType = tf.float32) -> tf.Tensor:
-    logits = model(batch[:, :-1], dropout_seed=dropout_seed, matmul_dtype=matmul_dtype)
+    logits = model(model_inputs(batch), dropout_seed=dropout_seed, matmul_dtype=matmul_dtype)
     total, count = masked_loss_sum(batch[:, 1:], logits)
     return total / tf.maximum(count, 1.0)
 
@@ -115,7 +132,7 @@ def masked_mean_loss(model: CharGRU, batch: tf.Tensor, dropout_seed: tf.Tensor |
 def make_eval_fn(model: CharGRU) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
     @tf.function(input_signature=[tf.TensorSpec((None, None), tf.int32)], reduce_retracing=True)
     def eval_batch(batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return masked_loss_sum(batch[:, 1:], model(batch[:, :-1]))
+        return masked_loss_sum(batch[:, 1:], model(model_inputs(batch)))
 
     return eval_batch
 

@@ -28,9 +28,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from . import corpus, distribute, faults
+from . import context, corpus, distribute, faults
 from .checkpoints import Checkpoint, CheckpointError, CheckpointManager, checkpoint_name
 from .config import Settings
+from .context import Example
 from .errors import NonFiniteLossError
 from .model import CharGRU, build_model, grow_model
 from .train import (
@@ -38,11 +39,10 @@ from .train import (
     Position,
     StepLog,
     bits_per_char,
-    encode_lines,
     learning_rate_at,
     make_optimizer,
 )
-from .vocab import Vocab
+from .vocab import SEP, Vocab
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,8 @@ class TrainData:
     # the validation texts carried to the next job (a fine-tune adds its new validation lines)
     validation_lines: list[str] = field(default_factory=list)
     new_validation: list[np.ndarray] = field(default_factory=list)  # finetune: held-out new lines
+    # context on: held-out replies after their message (loss on the reply: reply bits/char)
+    reply_validation: list[np.ndarray] = field(default_factory=list)
 
 
 def split_lines(lines: list[str], fraction: float) -> tuple[list[str], list[str]]:
@@ -129,6 +131,21 @@ def split_lines(lines: list[str], fraction: float) -> tuple[list[str], list[str]
     for line in lines:
         (validation if corpus.is_validation(line, fraction) else train).append(line)
     return train, validation
+
+
+def split_examples(lines: list[str], items: list[Example], fraction: float
+                   ) -> tuple[list[Example], list[str], dict[str, Example]]:
+    """The training examples, the validation lines, and the example of each validation line: the
+    split is the line's hash, as in split_lines (a pair is held out whole; in previous-line mode
+    a reply is held out, its message may be trained)."""
+    train, validation, held_out = [], [], {}
+    for line, item in zip(lines, items):
+        if corpus.is_validation(line, fraction):
+            validation.append(line)
+            held_out.setdefault(line, item)
+        else:
+            train.append(item)
+    return train, validation, held_out
 
 
 def validation_subset(lines: list[str], limit: int) -> list[str]:
@@ -150,45 +167,67 @@ def build_data(settings: Settings, vocab: Vocab, job: TrainJob) -> TrainData:
     `validation_lines`: the "old validation") and, apart, on its held-out new lines (a stable
     share by text hash, `new_validation_fraction`, never trained by this job); the new lines of
     the main validation split join the subset carried to the next job.
+
+    Lines become examples by the context_mode (tweetgen.context): validation is always of
+    single texts (continue mode: comparable whatever the mode); with context on, the held-out
+    replies are also measured after their message (`reply_validation`).
     """
+    mode = settings.context_mode
     if job.kind != "finetune":
         lines = corpus.read_lines(settings.corpus_file, 0, job.corpus_end).lines
-        train, validation = split_lines(lines, settings.validation_fraction)
+        items = context.examples(lines, mode)
+        train, validation, held_out = split_examples(lines, items, settings.validation_fraction)
         validation = validation_subset(validation, settings.max_validation_lines)
         if job.kind == "idle":
             train = with_recent_weighted(train, settings.idle_recent_lines, settings.idle_recent_weight,
                                          random.Random(f"{job.seed}-recent"))
-        return _encoded(settings, vocab, train, validation, 0, 0)
+        held_out_items = [held_out[line] for line in validation]
+        return _encoded(settings, vocab, job, train, held_out_items, validation, 0, 0)
     path, fraction = settings.corpus_file, settings.validation_fraction
     old_validation = job.validation_base
     if old_validation is None:  # a checkpoint written before the subset was carried: read it once
         old_validation = _validation_lines(settings, 0, job.corpus_start, [])
     carried, new_validation, new_train = old_validation, [], []
+    new_examples: dict[str, Example] = {}
     cap, seen, rng = settings.finetune_max_steps * settings.batch_size, 0, random.Random(f"{job.seed}-new")
+    previous: list[str] = []  # previous-line mode: the line before a batch's first line
     for batch in corpus.iter_batches(path, job.corpus_start, job.corpus_end):
-        train, held_out = split_lines(batch.lines, max(fraction, settings.new_validation_fraction))
+        items = context.examples(previous + batch.lines, mode)[len(previous):]
+        previous = batch.lines[-1:] or previous
+        train, held_out, held_items = split_examples(batch.lines, items,
+                                                     max(fraction, settings.new_validation_fraction))
+        new_examples.update((line, item) for line, item in held_items.items() if line not in new_examples)
         new_validation = validation_subset(new_validation + held_out, settings.max_validation_lines)
         carried = validation_subset(carried + [t for t in held_out if corpus.is_validation(t, fraction)],
                                     settings.max_validation_lines)
-        for line in train:  # a reservoir sample: every new line has the same chance
+        for item in train:  # a reservoir sample: every new line has the same chance
             seen += 1
             if len(new_train) < cap:
-                new_train.append(line)
+                new_train.append(item)
             elif (slot := rng.randrange(seen)) < cap:
-                new_train[slot] = line
+                new_train[slot] = item
     replay: list[str] = []
     if job.corpus_start and job.replay_ratio > 0 and new_train:
         older = corpus.lines_before(path, job.corpus_start) * (1 - fraction)  # cached count
         count = min(math.ceil(job.replay_ratio * len(new_train)), int(older))
         replay = corpus.sample_lines(path, job.corpus_start, count, random.Random(f"{job.seed}-replay"),
                                      keep=lambda text: not corpus.is_validation(text, fraction))
-    data = _encoded(settings, vocab, new_train + replay, old_validation, len(new_train), len(replay))
+    # Replayed and carried lines are a sample, not consecutive: in previous-line mode they are single.
+    replayed = context.examples(replay, mode, consecutive=False)
+    old_examples = context.examples(old_validation, mode, consecutive=False)
+    data = _encoded(settings, vocab, job, new_train + replayed, old_examples, old_validation,
+                    len(new_train), len(replay))
     data.validation_lines = carried
-    data.new_validation, _ = encode_lines(new_validation, vocab, settings.max_line_chars)
+    new_held_out = [new_examples[line] for line in new_validation]
+    data.new_validation, _ = context.encode_examples([item.single() for item in new_held_out], vocab,
+                                                     settings.max_line_chars)
+    if mode != "none":
+        data.reply_validation, _ = context.encode_examples(
+            context.replies(old_examples + new_held_out), vocab, settings.max_line_chars)
     return data
 
 
-def with_recent_weighted(lines: list[str], recent: int, weight: float, rng: random.Random) -> list[str]:
+def with_recent_weighted(lines: list, recent: int, weight: float, rng: random.Random) -> list:
     """`lines` with the newest `recent` of them drawn `weight` times as often: whole extra copies,
     and a seeded sample of them for the fraction (so the same job gets the same list)."""
     newest = lines[len(lines) - min(recent, len(lines)):]
@@ -204,11 +243,21 @@ def _validation_lines(settings: Settings, start: int, stop: int, subset: list[st
     return subset
 
 
-def _encoded(settings: Settings, vocab: Vocab, train: list[str], validation: list[str],
-             new_lines: int, replay_lines: int) -> TrainData:
-    train_seqs, unknown = encode_lines(train, vocab, settings.max_line_chars)
-    val_seqs, _ = encode_lines(validation, vocab, settings.max_line_chars)
-    return TrainData(train_seqs, val_seqs, new_lines, replay_lines, unknown, validation)
+def _encoded(settings: Settings, vocab: Vocab, job: TrainJob, train: list[Example],
+             validation: list[Example], validation_lines: list[str], new_lines: int,
+             replay_lines: int) -> TrainData:
+    """Sequences of the examples: a context_share of the training replies after their message
+    (drawn with the job's seed), validation as single texts and, with context on, its replies."""
+    max_chars = settings.max_line_chars
+    if settings.context_mode != "none":
+        rng = random.Random(f"{job.seed}-context")
+        train = context.with_context_share(train, settings.context_share, rng)
+    train_seqs, unknown = context.encode_examples(train, vocab, max_chars)
+    val_seqs, _ = context.encode_examples([item.single() for item in validation], vocab, max_chars)
+    data = TrainData(train_seqs, val_seqs, new_lines, replay_lines, unknown, validation_lines)
+    if settings.context_mode != "none":
+        data.reply_validation, _ = context.encode_examples(context.replies(validation), vocab, max_chars)
+    return data
 
 
 def finetune_steps(settings: Settings, train_lines: int) -> int:
@@ -247,6 +296,8 @@ class Trainer:
         self.last_loss: float | None = None
         self.loss_scale = 1.0  # multiplied into the loss; NaN makes a step non-finite (tests)
         self.bad_steps = 0  # non-finite steps in the current or last run, also after it raised
+        if settings.context_mode != "none" and vocab.sep_id is None:
+            self.grow_vocab([SEP])  # a vocabulary made before <sep> existed: grown, at no cost
 
     @classmethod
     def fresh(cls, settings: Settings, vocab: Vocab) -> Trainer:
@@ -366,14 +417,19 @@ class Trainer:
         meta["validation_lines"] = data.validation_lines  # the next fine-tune starts from it
         meta["val_new_bpc"] = (bits_per_char(self.model, data.new_validation, eval_fn=self.eval_fn)
                                if data.new_validation else None)
+        # Context on: bits/char of held-out replies given their message (tweetgen.context).
+        meta["val_reply_bpc"] = (bits_per_char(self.model, data.reply_validation, eval_fn=self.eval_fn)
+                                 if data.reply_validation else None)
         if not distribute.is_chief(self.strategy):  # a multi-worker run's chief writes and records it
             return manager.directory / checkpoint_name(self.step), meta
         path = manager.save(meta, [w.numpy() for w in self.model.weights],
                             [v.numpy() for v in self.optimizer.variables])
         faults.crash_point("checkpoint-saved")
         train_bpc = f"{self.last_loss / math.log(2):.4f}" if self.last_loss is not None else "-"
-        log.info("checkpoint %s: step %d, training loss %s bits/char, validation %.4f bits/char",
-                 path.name, self.step, train_bpc, meta["val_bpc"])
+        replies = (f", replies given their message {meta['val_reply_bpc']:.4f}"
+                   if meta["val_reply_bpc"] is not None else "")
+        log.info("checkpoint %s: step %d, training loss %s bits/char, validation %.4f bits/char%s",
+                 path.name, self.step, train_bpc, meta["val_bpc"], replies)
         if on_checkpoint:
             on_checkpoint(path, meta)
         return path, meta
@@ -394,6 +450,8 @@ class Trainer:
                                                        if path.exists() else None),
             "train_loss": self.last_loss,
             "val_bpc": val_bpc,
+            # what the model was trained with: reply generation feeds the same context
+            "context_mode": self.settings.context_mode,
             "settings": self.settings.as_dict(),
         }
 

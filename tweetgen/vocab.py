@@ -16,6 +16,14 @@ import numpy as np
 
 PAD, EOS, UNK = 0, 1, 2
 RESERVED = ("<pad>", "<eos>", "<unk>")
+# <sep> ends the message of a context sequence (`<eos> message <sep> reply <eos>`, see
+# tweetgen.context). It is a character the cleaned corpus can never hold (a control character,
+# ASCII's record separator), kept among the ordinary characters so that the reserved ids, and
+# every checkpoint made before it existed, stay valid: an old vocabulary grows it (`grown`).
+SEP = "\x1e"
+# Added to an id in a training sequence whose position, as a target, has loss weight 0: it is
+# read but not trained (tweetgen.train). Far above any vocabulary: Unicode has < 2**21 characters.
+NO_LOSS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -26,12 +34,18 @@ class Vocab:
         object.__setattr__(self, "_index", {c: i + len(RESERVED) for i, c in enumerate(self.chars)})
 
     @classmethod
-    def build(cls, lines: Iterable[str], min_count: int = 1) -> Vocab:
-        """Characters seen at least `min_count` times, most frequent first (ties by code point)."""
+    def build(cls, lines: Iterable[str], min_count: int = 1, reserve_sep: bool = False) -> Vocab:
+        """Characters seen at least `min_count` times, most frequent first (ties by code point);
+        with `reserve_sep`, <sep> last (a model's new vocabulary reserves it)."""
         counts = count_chars(lines)
-        kept = [c for c, n in counts.items() if n >= min_count]
+        kept = [c for c, n in counts.items() if n >= min_count and c != SEP]
         kept.sort(key=lambda c: (-counts[c], c))
-        return cls(tuple(kept))
+        return cls(tuple(kept) + ((SEP,) if reserve_sep else ()))
+
+    @property
+    def sep_id(self) -> int | None:
+        """The id of <sep>, None for a vocabulary made before it existed."""
+        return self._index.get(SEP)
 
     @property
     def size(self) -> int:
@@ -47,13 +61,14 @@ class Vocab:
         return ids, int(np.count_nonzero(ids == UNK))
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text for `ids`; <unk> becomes U+FFFD, padding and end-of-text are dropped."""
+        """Text for `ids`; <unk> becomes U+FFFD, padding, end-of-text and <sep> are dropped."""
         out = []
         offset = len(RESERVED)
         for i in ids:
             i = int(i)
             if i >= offset and i - offset < len(self.chars):
-                out.append(self.chars[i - offset])
+                if self.chars[i - offset] != SEP:
+                    out.append(self.chars[i - offset])
             elif i == UNK:
                 out.append("\ufffd")
         return "".join(out)

@@ -21,6 +21,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .. import corpus
+from ..chat import SOURCE as CHAT_SOURCE
+from ..chat import reply_message
 from ..config import Settings
 from ..feed import FEED_ENTRIES, atom_feed
 from ..status import daemon_status
@@ -143,12 +145,16 @@ def create_app(settings: Settings, bind_host: str = "127.0.0.1") -> FastAPI:
 
     @app.post("/api/generate", response_model=Generated, tags=["generate"], dependencies=writes)
     def generate(body: GenerateRequest) -> dict[str, Any]:
-        """On-demand tweets from the promoted checkpoint, stored with source 'on-demand'.
-        `continue`: each tweet starts with the seed. `reply`: the seed is read as the previous
-        line and each tweet answers it."""
+        """On-demand tweets from the promoted checkpoint. `continue`: each tweet starts with the
+        seed, stored with source 'on-demand'. `reply` (chat): each tweet answers the seed, read
+        with the context the model was trained with, after `previous` (the turn before, e.g.
+        the bot's last reply) when given; stored with source 'chat', their seed the message."""
         _check_generate(settings, body)
-        made, name, step = on_demand.generate(body.seed, body.n, body.temperature, body.top_k,
-                                              body.mode, body.random_seed, body.raw)
+        seed, source = body.seed, "on-demand"
+        if body.mode == "reply":
+            seed, source = reply_message(body.previous, body.seed), CHAT_SOURCE
+        made, name, step = on_demand.generate(seed, body.n, body.temperature, body.top_k,
+                                              body.mode, body.random_seed, body.raw, source)
         return {"checkpoint": name, "checkpoint_step": step, "sampled": made.sampled,
                 "dropped": made.dropped, "tweets": [_tweet(reads, i) for i in made.ids]}
 
@@ -220,11 +226,15 @@ def _check_generate(settings: Settings, body: GenerateRequest) -> None:
     if body.n > settings.http_max_generate:
         raise ApiError(422, f"n: at most {settings.http_max_generate} tweets per request "
                             f"(setting http_max_generate), got {body.n}", "n")
+    if body.mode == "continue" and body.previous:
+        raise ApiError(422, "previous: only in reply mode (the turn a reply follows); "
+                            "leave it out in continue mode", "previous")
     if body.mode == "continue" and len(body.seed) >= settings.max_tweet_chars:
         raise ApiError(422, f"seed: in continue mode it must be under {settings.max_tweet_chars} "
                             f"characters (the tweet starts with it), got {len(body.seed)}", "seed")
-    try:
-        body.seed.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ApiError(422, "seed: holds an unpaired surrogate (\\ud800-\\udfff); send valid text",
-                       "seed") from None
+    for field in ("seed", "previous"):
+        try:
+            getattr(body, field).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(422, f"{field}: holds an unpaired surrogate (\\ud800-\\udfff); "
+                                "send valid text", field) from None

@@ -23,9 +23,10 @@ class OnDemand:
         self._lock = threading.Lock()
 
     def generate(self, seed: str, n: int, temperature: float, top_k: int, mode: str,
-                 random_seed: int | None, raw: bool = False) -> tuple[Any, str, int]:
-        """Generate and store up to n selected tweets (n plain samples with `raw`), source
-        'on-demand': the engine's OnDemandResult (ids, sampled, dropped) and the checkpoint."""
+                 random_seed: int | None, raw: bool = False,
+                 source: str = "on-demand") -> tuple[Any, str, int]:
+        """Generate and store up to n selected tweets (n plain samples with `raw`) with this
+        source: the engine's OnDemandResult (ids, sampled, dropped) and the checkpoint."""
         from ..engine import GeneratorCache, generate_on_demand
 
         with self._lock:
@@ -33,5 +34,5 @@ class OnDemand:
                 self._cache = GeneratorCache(self.settings)
             generator, ckpt = self._cache.get()
             made = generate_on_demand(self.settings, generator, ckpt, self.store, [seed], n,
-                                      temperature, top_k, random_seed, mode, "on-demand", raw)
+                                      temperature, top_k, random_seed, mode, source, raw)
         return made, ckpt.name, ckpt.step

@@ -34,6 +34,9 @@ class GenerateRequest(Request):
     temperature: float = Field(0.8, gt=0, le=10, allow_inf_nan=False)
     top_k: int = Field(0, ge=0, le=100_000, description="only the k likeliest characters (0: all)")
     mode: Literal["continue", "reply"] = "continue"
+    previous: str = Field("", max_length=MAX_SEED_CHARS,
+                          description="reply mode: the turn before the seed (e.g. the bot's last "
+                                      "reply), read as context before it")
     random_seed: int | None = Field(None, ge=0, lt=2**62, description="repeat a batch exactly")
     raw: bool = Field(False, description="plain samples: no candidate selection (each still scored)")
 
