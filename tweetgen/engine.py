@@ -309,7 +309,8 @@ def open_generator(settings: Settings, checkpoint: str | None = None,
         index = shared_index(settings.corpus_file, settings.novelty_ngram)
         index.update()
         novelty = index.novelty
-    generator = Generator(model, vocab, settings.max_tweet_chars, novelty, settings.max_line_chars)
+    generator = Generator(model, vocab, settings.max_tweet_chars, novelty, settings.max_line_chars,
+                          matmul_dtype=cpu.sampling_matmul_dtype(settings))
     return generator, ckpt
 
 
