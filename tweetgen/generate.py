@@ -176,14 +176,16 @@ class Generator:
         batch = tf.shape(prefix)[0]
         capacity = tf.shape(prefix)[1] + self.max_chars
         limit = tf.minimum(tf.reduce_max(prefix_len) + tf.reduce_max(budget), capacity)
-        banned = tf.scatter_nd([[PAD], [UNK]], [-1e9, -1e9], [self.model.vocab_size])
         uniforms = tf.random.stateless_uniform([capacity, batch], seed)
         table = self.model.first_layer_table()
         fused, recurrent_bias, next_bias = self.model.fused_step_weights(tf.bfloat16)
         hs = self.model.initial_state(batch)
         ps = [tf.zeros_like(h[:, :1]) + bias for h, bias in zip(hs, recurrent_bias)]  # h = 0
         hs[0] = gru_update(tf.gather(table, prefix[:, 0]), hs[0], ps[0])
-        sampling = (prefix, prefix_len, budget, temperature, top_k, uniforms, banned, table)
+        # The request packed in two tensors (each argument of an XLA-compiled call costs time at
+        # every step): prefix | prefix length | budget, and temperatures over the uniforms.
+        sampling = (tf.concat([prefix, prefix_len[:, None], budget[:, None]], axis=1),
+                    tf.concat([temperature[None], uniforms], axis=0), top_k, table)
 
         def body(t, running, h0_low, hs, ps, done, generated, logprob_sum, out):
             hs, ps, low = list(hs), list(ps), h0_low
@@ -212,18 +214,19 @@ class Generator:
         return product[:, :split] + recurrent_bias, h, tf.cast(h, tf.bfloat16)
 
     def _last_layer_step(self, product, recurrent_bias, head_bias, h0, p0, t, limit, done, generated,
-                         logprob_sum, prefix, prefix_len, budget, temperature, top_k, uniforms, banned,
-                         table):
+                         logprob_sum, request, draws, top_k, table):
         """From the last layer's product: its next recurrent projection and the logits; the
         pick of the next tokens; layer 0's step on them (p0 None: layer 0 is the last layer)."""
         product = tf.cast(product, tf.float32)
         split = recurrent_bias.shape[0]
         p_last = product[:, :split] + recurrent_bias
         logits = product[:, split:] + head_bias
-        # tf.gather, not uniforms[t]: XLA takes a slice's bounds as compile-time constants, so
-        # uniforms[t] compiled the step once per value of t.
+        prefix, prefix_len, budget = request[:, :-2], request[:, -2], request[:, -1]
+        banned = tf.scatter_nd([[PAD], [UNK]], [-1e9, -1e9], [self.model.vocab_size])
+        # tf.gather, not draws[t + 1]: XLA takes a slice's bounds as compile-time constants, so
+        # that compiled the step once per value of t.
         token, done, generated, logprob_sum, emitted = self._pick_step(
-            t, logits, prefix, prefix_len, budget, temperature, top_k, tf.gather(uniforms, t), banned,
+            t, logits, prefix, prefix_len, budget, draws[0], top_k, tf.gather(draws, t + 1), banned,
             done, generated, logprob_sum)
         h0 = gru_update(tf.gather(table, token), h0, p_last if p0 is None else p0)
         running = (t + 1 < limit) & tf.logical_not(tf.reduce_all(done))  # the loop's condition
