@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from .corpus import clean_seed
 from .errors import GenerationError
-from .model import CharGRU, gru_update
+from .model import CharGRU, gru_update, sigmoid_by_tanh
 from .novelty import NoveltyIndex
 from .vocab import EOS, PAD, UNK, Vocab
 
@@ -181,7 +181,7 @@ class Generator:
         fused, recurrent_bias, next_bias = self.model.fused_step_weights(tf.bfloat16)
         hs = self.model.initial_state(batch)
         ps = [tf.zeros_like(h[:, :1]) + bias for h, bias in zip(hs, recurrent_bias)]  # h = 0
-        hs[0] = gru_update(tf.gather(table, prefix[:, 0]), hs[0], ps[0])
+        hs[0] = gru_update(tf.gather(table, prefix[:, 0]), hs[0], ps[0], sigmoid_by_tanh)
         # The request packed in two tensors (each argument of an XLA-compiled call costs time at
         # every step): prefix | prefix length | budget, and temperatures over the uniforms.
         sampling = (tf.concat([prefix, prefix_len[:, None], budget[:, None]], axis=1),
@@ -210,7 +210,7 @@ class Generator:
         i+1's step (its new state, and that in bfloat16 for its multiply)."""
         product = tf.cast(product, tf.float32)
         split = recurrent_bias.shape[0]
-        h = gru_update(product[:, split:] + next_bias, h, p)
+        h = gru_update(product[:, split:] + next_bias, h, p, sigmoid_by_tanh)
         return product[:, :split] + recurrent_bias, h, tf.cast(h, tf.bfloat16)
 
     def _last_layer_step(self, product, recurrent_bias, head_bias, h0, p0, t, limit, done, generated,
@@ -228,7 +228,7 @@ class Generator:
         token, done, generated, logprob_sum, emitted = self._pick_step(
             t, logits, prefix, prefix_len, budget, draws[0], top_k, tf.gather(draws, t + 1), banned,
             done, generated, logprob_sum)
-        h0 = gru_update(tf.gather(table, token), h0, p_last if p0 is None else p0)
+        h0 = gru_update(tf.gather(table, token), h0, p_last if p0 is None else p0, sigmoid_by_tanh)
         running = (t + 1 < limit) & tf.logical_not(tf.reduce_all(done))  # the loop's condition
         # The tokens are returned though the loop does not need them: as a result XLA computes
         # them once; otherwise it fused the whole draw into every element of the lookup above
