@@ -57,8 +57,10 @@ ratio is the median of the per-pair ratios; the load average around each child i
    and the time is extrapolated to 64. The ratios come from a child that alternates the methods
    (`gen-pair`: `--gen-rounds` rounds, default 10, of one 64-tweet call of ours, one of before
    (the order of the two alternating) and 1-2 lecture tweets; the median of the per-round
-   ratios); separate children give each one's peak RSS. Pin the whole benchmark to one core
-   (`taskset -c 0`) to time one core.
+   ratios); separate children give each one's peak RSS. The pair runs pinned to one core
+   (`--gen-cores`, default 1; TensorFlow's thread pools follow): on two cores with two threads
+   the bfloat16 loop's small oneDNN multiplies gain nothing from the second thread while XLA's
+   float32 dots do (bench/README.md), so the ratio depends on the cores; say which you quote.
 4. Peak RSS of the children: training ours / baseline (the quality runs), generation ours /
    lecture.
 
@@ -462,7 +464,8 @@ def run_child(role: str, workdir: Path, args: argparse.Namespace, minutes: float
         env.pop("TF_ENABLE_ONEDNN_OPTS", None)  # the lecture's way: TensorFlow's defaults
     cmd = [sys.executable, "-m", "bench.engine", "--child", role, "--workdir", str(workdir),
            "--minutes", str(args.minutes if minutes is None else minutes), "--home", home,
-           "--lecture-seeds", str(args.lecture_seeds), "--gen-rounds", str(args.gen_rounds)] \
+           "--lecture-seeds", str(args.lecture_seeds), "--gen-rounds", str(args.gen_rounds),
+           "--gen-cores", str(args.gen_cores)] \
         + ([] if full else ["--partial"])
     if role in ("train-ours", "tput-ours"):
         shutil.rmtree(workdir / home, ignore_errors=True)  # train from scratch, not from a last run
@@ -657,6 +660,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lecture-seeds", type=int, default=16, help="seeds timed for the lecture method")
     parser.add_argument("--gen-rounds", type=int, default=10,
                         help="rounds of the generation pair (ours, before, lecture; default 10)")
+    parser.add_argument("--gen-cores", type=int, default=1,
+                        help="cores the generation pair runs on, pinned (default 1; 0: as the parent)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--only", nargs="+", choices=ROLES, help="run only these roles (for iterating; "
                         "gen-* need the models that train-ours and train-base leave in --workdir)")
@@ -678,6 +683,8 @@ def main(argv: list[str] | None = None) -> int:
         elif role == "gen-lecture":
             result = child_gen_lecture(args.workdir, args.lecture_seeds)
         else:
+            if args.gen_cores > 0:  # before TensorFlow starts: its thread pools follow the cores
+                os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.gen_cores])
             result = child_gen_pair(args.workdir, args.lecture_seeds, args.gen_rounds)
         print(json.dumps(result))
         return 0
