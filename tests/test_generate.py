@@ -11,7 +11,7 @@ import pytest
 from conftest import PATTERNS
 
 from tweetgen.errors import GenerationError
-from tweetgen.generate import Generator, cut_at_word_boundary, shape_bucket
+from tweetgen.generate import Generator, cut_at_word_boundary, prefix_sums, shape_bucket
 from tweetgen.novelty import NoveltyIndex
 from tweetgen.vocab import EOS, PAD, UNK, Vocab
 
@@ -108,6 +108,15 @@ def test_at_the_limit_the_text_ends_at_a_word_boundary(fixed_model, dtype) -> No
         # The generated characters' mean log-probability under the model: uniform over 4.
         assert s.mean_logprob == pytest.approx(-math.log(4), abs=1e-4)
     assert any(len(s.text) < 140 for s in samples)
+
+
+def test_prefix_sums_are_cumulative_sums() -> None:
+    import numpy as np
+    import tensorflow as tf
+
+    for width in (1, 2, 3, 8, 93, 130):
+        x = tf.random.stateless_uniform([4, width], [width, 0])
+        np.testing.assert_allclose(prefix_sums(x).numpy(), np.cumsum(x.numpy(), axis=1), rtol=1e-5)
 
 
 def test_cut_at_word_boundary() -> None:
