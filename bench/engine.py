@@ -59,8 +59,9 @@ ratio is the median of the per-pair ratios; the load average around each child i
    (the order of the two alternating) and 1-2 lecture tweets; the median of the per-round
    ratios); separate children give each one's peak RSS. The pair runs pinned to one core
    (`--gen-cores`, default 1; TensorFlow's thread pools follow): on two cores with two threads
-   the bfloat16 loop's small oneDNN multiplies gain nothing from the second thread while XLA's
-   float32 dots do (bench/README.md), so the ratio depends on the cores; say which you quote.
+   the bfloat16 loop's small oneDNN multiplies gained nothing from the second thread while XLA's
+   float32 dots did (bench/README.md), so there ours is the float32 XLA loop under the default
+   `cpu_matmul_precision = "auto"` (`--gen-cores 0`: ratio ~1); say which you quote.
 4. Peak RSS of the children: training ours / baseline (the quality runs), generation ours /
    lecture.
 
