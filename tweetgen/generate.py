@@ -133,8 +133,7 @@ class Generator:
         total = tf.reduce_max(prefix_len) + tf.reduce_max(budget)
         # An upper bound on the steps that depends on shapes only (a fixed size for XLA).
         capacity = prefix_width + self.max_chars
-        # Never sample padding or <unk>.
-        banned = tf.scatter_nd([[PAD], [UNK]], [-1e9, -1e9], [self.model.vocab_size])
+        banned = self._banned_logits()
         # The random numbers of every step at once (stateless: the seed alone decides them).
         uniforms = tf.random.stateless_uniform([capacity, batch], seed)
 
@@ -222,7 +221,7 @@ class Generator:
         p_last = product[:, :split] + recurrent_bias
         logits = product[:, split:] + head_bias
         prefix, prefix_len, budget = request[:, :-2], request[:, -2], request[:, -1]
-        banned = tf.scatter_nd([[PAD], [UNK]], [-1e9, -1e9], [self.model.vocab_size])
+        banned = self._banned_logits()
         # tf.gather, not draws[t + 1]: XLA takes a slice's bounds as compile-time constants, so
         # that compiled the step once per value of t.
         token, done, generated, logprob_sum, emitted = self._pick_step(
@@ -234,6 +233,10 @@ class Generator:
         # them once; otherwise it fused the whole draw into every element of the lookup above
         # (measured: the loop ran 1.4x as long).
         return p_last, token, running, done, generated, logprob_sum, emitted, h0, tf.cast(h0, tf.bfloat16)
+
+    def _banned_logits(self) -> tf.Tensor:
+        """Added to the logits of both loops: never sample padding or <unk>."""
+        return tf.scatter_nd([[PAD], [UNK]], [-1e9, -1e9], [self.model.vocab_size])
 
     @staticmethod
     def _pick_step(t, logits, prefix, prefix_len, budget, temperature, top_k, uniform, banned, done,

@@ -24,8 +24,6 @@ class Vocab:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_index", {c: i + len(RESERVED) for i, c in enumerate(self.chars)})
-        # What decode writes for each id: nothing for padding and end-of-text, U+FFFD for <unk>.
-        object.__setattr__(self, "_text_of", ("", "", "\ufffd") + self.chars)
 
     @classmethod
     def build(cls, lines: Iterable[str], min_count: int = 1) -> Vocab:
@@ -50,10 +48,15 @@ class Vocab:
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text for `ids`; <unk> becomes U+FFFD, padding and end-of-text are dropped."""
-        text_of = self._text_of
-        if isinstance(ids, np.ndarray):
-            ids = ids.tolist()
-        return "".join([text_of[i] if 0 <= i < len(text_of) else "" for i in map(int, ids)])
+        out = []
+        offset = len(RESERVED)
+        for i in ids:
+            i = int(i)
+            if i >= offset and i - offset < len(self.chars):
+                out.append(self.chars[i - offset])
+            elif i == UNK:
+                out.append("\ufffd")
+        return "".join(out)
 
     def unknown_chars(self, text: str) -> Counter:
         return Counter(c for c in text if c not in self._index)
