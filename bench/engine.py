@@ -45,21 +45,29 @@ ratio is the median of the per-pair ratios; the load average around each child i
    compiled loop. The first call (tracing) is reported apart. For the timing the model's
    end-of-text logit is lowered by 1e4, so that every tweet runs to the 140-character limit as
    the lecture's do (left alone, the trained model ends most tweets far earlier, which would
-   flatter us); the report says how many rows reached the limit. The loop is compiled with XLA
-   (the default, shapes padded to buckets); the plain `tf.function` loop
-   (`Generator(jit_compile=False)`, the default before) is timed alongside.
+   flatter us); the report says how many rows reached the limit. Ours is the default the engine
+   opens: on a CPU with bfloat16 units (AMX-BF16, AVX512-BF16) the bfloat16 loop, else the
+   float32 XLA loop (`tweetgen.generate`). *Before*: the sampler as it was before issue 10's
+   generation work (`bench/generate_before.py`, a frozen copy: the float32 XLA loop), on the
+   same model, timed alongside; issue 10's target is ours >= 1.5x its tweets/s.
    *Lecture*: the baseline model's cells in one compiled single-step `tf.function` (batch 1,
    one-hot input), called once per character from Python, one seed at a time, the state fed
    back, sampling on the host with numpy; every tweet is generated to the full 140 characters.
    Only some seeds are timed (`--lecture-seeds`, default 16; the cost is linear in the seeds)
-   and the time is extrapolated to 64. The ratio comes from a child that alternates the methods
-   (`gen-pair`: 8 rounds of one 64-tweet call of ours and 2 lecture tweets; the median of the
-   per-round ratios); separate children give each one's peak RSS.
+   and the time is extrapolated to 64. The ratios come from a child that alternates the methods
+   (`gen-pair`: `--gen-rounds` rounds, default 10, of one 64-tweet call of ours, one of before
+   (the order of the two alternating) and 1-2 lecture tweets; the median of the per-round
+   ratios); separate children give each one's peak RSS. The pair runs pinned to one core
+   (`--gen-cores`, default 1; TensorFlow's thread pools follow): on two cores with two threads
+   the bfloat16 loop's small oneDNN multiplies gained nothing from the second thread while XLA's
+   float32 dots did (bench/README.md), so there ours is the float32 XLA loop under the default
+   `cpu_matmul_precision = "auto"` (`--gen-cores 0`: ratio ~1); say which you quote.
 4. Peak RSS of the children: training ours / baseline (the quality runs), generation ours /
    lecture.
 
 Targets (issue 2): training >= 1.3x the baseline and >= 60% of the ceiling; lower validation
 bits/char than the baseline; generation >= 60x the lecture's method and >= 400 tweets/s.
+Issue 10: generation >= 1.5x the tweets/s of the sampler before (same run).
 """
 
 from __future__ import annotations
@@ -278,18 +286,14 @@ def child_train_base(workdir: Path, minutes: float, full: bool) -> dict:
 # ---------------------------------------------------------------- generation children
 
 
-def open_ours(workdir: Path, jit_compile: bool | None = None):
+def open_ours(workdir: Path):
     """Our generator on the checkpoint of train-ours, its end-of-text suppressed (see below)."""
     from tweetgen import engine
-    from tweetgen.generate import Generator
     from tweetgen.vocab import EOS
 
     settings = bench_settings(workdir)
     _, _, val_lines, _ = shared_data(settings)
     generator, _ = engine.open_generator(settings, with_novelty=False)
-    if jit_compile is not None:
-        generator = Generator(generator.model, generator.vocab, generator.max_chars,
-                              max_context=generator.max_context, jit_compile=jit_compile)
     # Every tweet runs to the 140-character limit, as the lecture's do: the trained model would
     # end most of them much earlier (and the batch stops when its last row ends), which would
     # flatter us. The timing does not depend on the weights otherwise.
@@ -393,46 +397,58 @@ def child_gen_lecture(workdir: Path, n_seeds: int) -> dict:
     }
 
 
-def child_gen_pair(workdir: Path, n_seeds: int, rounds: int = 8) -> dict:
+def child_gen_pair(workdir: Path, n_seeds: int, rounds: int = 10) -> dict:
     """The methods in one process, alternating, so that load changes hit them alike: ours as
-    shipped (XLA), ours with the plain tf.function loop (`Generator(jit_compile=False)`), the
-    lecture's."""
+    shipped, the sampler before issue 10's generation work (bench/generate_before.py) on the
+    same model, the lecture's."""
+    from bench.generate_before import Generator as GeneratorBefore
+
     generator, seeds = open_ours(workdir)
-    plain_gen, _ = open_ours(workdir, jit_compile=False)
+    before = GeneratorBefore(generator.model, generator.vocab, generator.max_chars,
+                             max_context=generator.max_context)
     lecture = Lecture(workdir)
-    for g in (generator, plain_gen):
+    first_s = {}
+    for name, g in (("ours", generator), ("before", before)):
+        t = time.perf_counter()
         g.generate(seeds, 1, TEMPERATURE, random_seed=0)
+        first_s[name] = time.perf_counter() - t
     lecture.tweet(seeds[0])
     per_round = max(1, n_seeds // rounds)
-    ours_s, plain_s, lecture_s, ratios, plain_ratios = [], [], [], [], []
+    ours_s, before_s, lecture_s, ratios, before_ratios = [], [], [], [], []
+    samples = []
     for r in range(rounds):
-        t = time.perf_counter()
-        samples = generator.generate(seeds, 1, TEMPERATURE, random_seed=r + 1)
-        ours = time.perf_counter() - t
-        t = time.perf_counter()
-        plain_gen.generate(seeds, 1, TEMPERATURE, random_seed=r + 1)
-        plain = time.perf_counter() - t
+        timed = {}
+        for name in (("ours", "before") if r % 2 == 0 else ("before", "ours")):
+            g = generator if name == "ours" else before
+            t = time.perf_counter()
+            out = g.generate(seeds, 1, TEMPERATURE, random_seed=r + 1)
+            timed[name] = time.perf_counter() - t
+            if name == "ours":
+                samples = out
         t = time.perf_counter()
         for seed in seeds[r * per_round:(r + 1) * per_round]:
             lecture.tweet(seed)
         lecture_64 = (time.perf_counter() - t) / per_round * N_TWEETS
-        ours_s.append(ours)
-        plain_s.append(plain)
+        ours_s.append(timed["ours"])
+        before_s.append(timed["before"])
         lecture_s.append(lecture_64)
-        ratios.append(lecture_64 / ours)
-        plain_ratios.append(lecture_64 / plain)
+        ratios.append(lecture_64 / timed["ours"])
+        before_ratios.append(timed["before"] / timed["ours"])
     return {
         "ours_seconds_64": statistics.median(ours_s),
-        "plain_seconds_64": statistics.median(plain_s),
+        "before_seconds_64": statistics.median(before_s),
         "lecture_seconds_64": statistics.median(lecture_s),
         "ours_tweets_per_s": N_TWEETS / statistics.median(ours_s),
-        "plain_tweets_per_s": N_TWEETS / statistics.median(plain_s),
-        "xla_over_plain": statistics.median(plain_s) / statistics.median(ours_s),
+        "before_tweets_per_s": N_TWEETS / statistics.median(before_s),
         "lecture_tweets_per_s": N_TWEETS / statistics.median(lecture_s),
         "ratio": statistics.median(ratios),
         "ratios": [round(x, 1) for x in ratios],
-        "plain_ratio": statistics.median(plain_ratios),
-        "plain_ratios": [round(x, 1) for x in plain_ratios],
+        "over_before": statistics.median(before_ratios),
+        "over_before_ratios": [round(x, 2) for x in before_ratios],
+        "ours_loop": f"{generator.matmul_dtype}" + (" (XLA)" if generator.matmul_dtype == "float32" else
+                                                    " (oneDNN multiplies, XLA steps)"),
+        "first_call_s": {k: round(v, 2) for k, v in first_s.items()},
+        "cores": len(os.sched_getaffinity(0)),
         "at_limit": sum(s.ended == "limit" for s in samples),
         "lecture_seeds_timed": per_round * rounds,
         "rounds": rounds,
@@ -449,7 +465,9 @@ def run_child(role: str, workdir: Path, args: argparse.Namespace, minutes: float
         env.pop("TF_ENABLE_ONEDNN_OPTS", None)  # the lecture's way: TensorFlow's defaults
     cmd = [sys.executable, "-m", "bench.engine", "--child", role, "--workdir", str(workdir),
            "--minutes", str(args.minutes if minutes is None else minutes), "--home", home,
-           "--lecture-seeds", str(args.lecture_seeds)] + ([] if full else ["--partial"])
+           "--lecture-seeds", str(args.lecture_seeds), "--gen-rounds", str(args.gen_rounds),
+           "--gen-cores", str(args.gen_cores)] \
+        + ([] if full else ["--partial"])
     if role in ("train-ours", "tput-ours"):
         shutil.rmtree(workdir / home, ignore_errors=True)  # train from scratch, not from a last run
     log_path = workdir / f"{role}-{home}.log"
@@ -526,6 +544,7 @@ def summarize(r: dict, rounds: int) -> dict:
         out["gen_ratio"] = pair["ratio"]
         out["gen_ours_tweets_per_s"] = pair["ours_tweets_per_s"]
         out["gen_lecture_tweets_per_s"] = pair["lecture_tweets_per_s"]
+        out["gen_over_before"] = pair["over_before"]
     elif "gen-ours" in r:
         out["gen_ours_tweets_per_s"] = r["gen-ours"]["tweets_per_s"]
     checks = {}
@@ -539,6 +558,8 @@ def summarize(r: dict, rounds: int) -> dict:
         checks["generation >= 60x lecture"] = out["gen_ratio"] >= 60
     if "gen_ours_tweets_per_s" in out:
         checks["generation >= 400 tweets/s"] = out["gen_ours_tweets_per_s"] >= 400
+    if "gen_over_before" in out:
+        checks["generation >= 1.5x before (issue 10)"] = out["gen_over_before"] >= 1.5
     out["targets_met"] = checks
     return out
 
@@ -577,6 +598,9 @@ def print_table(r: dict) -> None:
         ("generation, tweets/s", fmt(s.get("gen_ours_tweets_per_s"), ",.0f"),
          fmt(s.get("gen_lecture_tweets_per_s"), ".2f"), fmt(s.get("gen_ratio"), ".0f") + "x",
          ">= 60x, >= 400/s"),
+        ("generation, tweets/s against before", fmt(pair.get("ours_tweets_per_s"), ",.0f"),
+         fmt(pair.get("before_tweets_per_s"), ",.0f"), fmt(s.get("gen_over_before"), ".2f") + "x",
+         ">= 1.5x"),
         ("peak RSS training, MB", fmt(ours.get("peak_rss_mb"), ".0f"),
          fmt(base.get("peak_rss_mb"), ".0f"), "", ""),
         ("peak RSS generation, MB", fmt(g.get("peak_rss_mb"), ".0f"),
@@ -612,12 +636,15 @@ def print_table(r: dict) -> None:
         print(f"generation lecture: alone {lec['seconds_per_tweet'] * 1000:.0f} ms per 140-char tweet "
               f"({lec['timed_seeds']} seeds timed, extrapolated to 64)")
     if pair:
-        print(f"generation pair (alternating in one process, {pair['rounds']} rounds, "
-              f"{pair['lecture_seeds_timed']} lecture seeds; {pair['at_limit']}/64 rows at the limit): "
-              f"ratios {', '.join(map(str, pair['ratios']))}; without XLA (jit_compile=False, the "
-              f"default before) {pair['plain_seconds_64']:.3f} s per 64 = {pair['plain_tweets_per_s']:,.0f} "
-              f"tweets/s, {pair['plain_ratio']:.0f}x (ratios {', '.join(map(str, pair['plain_ratios']))}); "
-              f"XLA {pair['xla_over_plain']:.2f}x as fast")
+        print(f"generation pair (alternating in one process on {pair['cores']} core(s), "
+              f"{pair['rounds']} rounds, {pair['lecture_seeds_timed']} lecture seeds; "
+              f"{pair['at_limit']}/64 rows at the limit): "
+              f"ours/lecture ratios {', '.join(map(str, pair['ratios']))}")
+        print(f"generation ours ({pair['ours_loop']}) {pair['ours_seconds_64']:.4f} s per 64 = "
+              f"{pair['ours_tweets_per_s']:,.0f} tweets/s; before (bench/generate_before.py, float32 XLA) "
+              f"{pair['before_seconds_64']:.4f} s per 64 = {pair['before_tweets_per_s']:,.0f} tweets/s; "
+              f"ours/before {pair['over_before']:.2f}x (per round: "
+              f"{', '.join(map(str, pair['over_before_ratios']))}); first calls {pair['first_call_s']} s")
     print("figures are noisy on a shared machine; compare the same-run ratios")
     print("targets: " + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in s["targets_met"].items()))
 
@@ -632,6 +659,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tput-seconds", type=float, default=40.0,
                         help="training time of each throughput run (default 40)")
     parser.add_argument("--lecture-seeds", type=int, default=16, help="seeds timed for the lecture method")
+    parser.add_argument("--gen-rounds", type=int, default=10,
+                        help="rounds of the generation pair (ours, before, lecture; default 10)")
+    parser.add_argument("--gen-cores", type=int, default=1,
+                        help="cores the generation pair runs on, pinned (default 1; 0: as the parent)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--only", nargs="+", choices=ROLES, help="run only these roles (for iterating; "
                         "gen-* need the models that train-ours and train-base leave in --workdir)")
@@ -653,7 +684,9 @@ def main(argv: list[str] | None = None) -> int:
         elif role == "gen-lecture":
             result = child_gen_lecture(args.workdir, args.lecture_seeds)
         else:
-            result = child_gen_pair(args.workdir, args.lecture_seeds)
+            if args.gen_cores > 0:  # before TensorFlow starts: its thread pools follow the cores
+                os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.gen_cores])
+            result = child_gen_pair(args.workdir, args.lecture_seeds, args.gen_rounds)
         print(json.dumps(result))
         return 0
 

@@ -38,6 +38,19 @@ def test_the_matmul_precision_is_chosen_by_setting_and_flags(choice: str, flags:
     assert cpu.matmul_dtype_name(Settings(cpu_matmul_precision=choice), flags) == expected
 
 
+def test_the_sampler_follows_the_matmul_precision_on_one_thread() -> None:
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        assert cpu.sampling_matmul_dtype(Settings(cpu_matmul_precision="bfloat16"), 1) == "float32"
+        return
+    assert cpu.sampling_matmul_dtype(Settings(), 1, {"amx_bf16"}) == cpu.AUTO_CHOICE
+    assert cpu.sampling_matmul_dtype(Settings(), 2, {"amx_bf16"}) == "float32"  # auto: one thread only
+    assert cpu.sampling_matmul_dtype(Settings(), 1, {"avx2"}) == "float32"
+    assert cpu.sampling_matmul_dtype(Settings(cpu_matmul_precision="float32"), 1, {"amx_bf16"}) == "float32"
+    assert cpu.sampling_matmul_dtype(Settings(cpu_matmul_precision="bfloat16"), 2, {"avx2"}) == "bfloat16"
+
+
 def test_bad_cpu_settings_are_errors() -> None:
     with pytest.raises(ConfigError, match="cpu_matmul_precision"):
         apply(Settings(), {"cpu_matmul_precision": "int8"}, "test")

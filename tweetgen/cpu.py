@@ -11,7 +11,10 @@ first thing; later calls keep what is set).
 bfloat16 (`cpu_matmul_precision`): on a CPU with AMX-BF16 or AVX512-BF16 units a bfloat16
 matrix multiply is 2-3x as fast as a float32 one at these sizes; the fast GRU path can round
 the operands of its multiplies to bfloat16 (weights, state, sums, loss and optimizer stay
-float32). "auto" takes bfloat16 where the CPU's flags show such units, float32 elsewhere.
+float32). "auto" takes bfloat16 where the CPU's flags show such units, float32 elsewhere. The
+sampler follows the same setting where it runs on one intra-op thread (`sampling_matmul_dtype`;
+measured 1.36-1.48x the tweets/s of its float32 XLA loop on one core, bench/README.md), never on
+a GPU.
 """
 
 from __future__ import annotations
@@ -85,4 +88,20 @@ def matmul_dtype_name(settings: Settings, flags: set[str] | None = None) -> str:
     choice = settings.cpu_matmul_precision
     if choice == "auto":
         return AUTO_CHOICE if has_bf16_units(flags) else "float32"
+    return choice
+
+
+def sampling_matmul_dtype(settings: Settings, intra_threads: int, flags: set[str] | None = None) -> str:
+    """The sampler's multiplies (tweetgen.generate). float32 (the whole loop under XLA) where
+    TensorFlow sees a GPU. On a CPU, as the fast GRU path's, except that "auto" takes bfloat16
+    only with one intra-op thread: with two, the bfloat16 loop's small oneDNN multiplies gained
+    nothing from the second thread while XLA's float32 ones did (measured 0.89-1.03x against
+    1.36-1.48x on one core, bench/README.md). "bfloat16" forces it."""
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return "float32"
+    choice = matmul_dtype_name(settings, flags)
+    if settings.cpu_matmul_precision == "auto" and intra_threads > 1:
+        return "float32"
     return choice

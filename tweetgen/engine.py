@@ -305,7 +305,7 @@ def _meta_or_none(path: Path) -> dict | None:
 def open_generator(settings: Settings, checkpoint: str | None = None,
                    with_novelty: bool = True) -> tuple[Generator, Checkpoint]:
     """A generator on the named, promoted or latest checkpoint (falling back when corrupt)."""
-    cpu.configure_threads(settings)  # before TensorFlow starts, when it has not yet
+    intra_threads, _ = cpu.configure_threads(settings)  # before TensorFlow starts, when it has not yet
     ckpt, model, vocab = load_usable_checkpoint(checkpoint_manager(settings), checkpoint)
     novelty = None
     if with_novelty and settings.corpus_file.exists():
@@ -313,7 +313,8 @@ def open_generator(settings: Settings, checkpoint: str | None = None,
         index.update()
         novelty = index.novelty
     generator = Generator(model, vocab, settings.max_tweet_chars, novelty, settings.max_line_chars,
-                          context_mode=trained_context(ckpt))
+                          context_mode=trained_context(ckpt),
+                          matmul_dtype=cpu.sampling_matmul_dtype(settings, intra_threads))
     return generator, ckpt
 
 

@@ -23,6 +23,7 @@ arithmetic with the first layer's input projection of every id computed once
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -265,17 +266,49 @@ class CharGRU(keras.Model):
             new_states.append(x)
         return self.head(x), new_states
 
+    def fused_step_weights(self, dtype: tf.DType) -> tuple[list[tf.Tensor], list[tf.Tensor], list[tf.Tensor]]:
+        """The sampler's fused step (tweetgen.generate): both per-character multiplies of layer
+        i's output h_i in one, h_i @ fused[i]. Per layer: fused[i] = [recurrent kernel of layer i |
+        kernel of layer i+1, or the output layer's for the last] in `dtype`, the recurrent bias of
+        layer i and the bias of what follows (layer i+1's input bias, or the output bias)."""
+        fused, recurrent_biases, next_biases = [], [], []
+        for i, gru in enumerate(self.grus):
+            cell = gru.cell
+            if i + 1 < len(self.grus):
+                following = self.grus[i + 1].cell
+                next_kernel, next_bias = following.kernel, tf.convert_to_tensor(following.bias)[0]
+            else:
+                next_kernel, next_bias = self.head.kernel, tf.convert_to_tensor(self.head.bias)
+            matrix = tf.concat([tf.convert_to_tensor(cell.recurrent_kernel),
+                                tf.convert_to_tensor(next_kernel)], axis=1)
+            fused.append(tf.cast(matrix, dtype))
+            recurrent_biases.append(tf.convert_to_tensor(cell.bias)[1])
+            next_biases.append(next_bias)
+        return fused, recurrent_biases, next_biases
+
 
 def _gru_cell(matrix_x: tf.Tensor, h: tf.Tensor, recurrent_kernel: tf.Tensor,
               recurrent_bias: tf.Tensor) -> tf.Tensor:
     """One reset-after GRU step from the projected input, in Keras GRUCell's order of operations."""
-    units = recurrent_kernel.shape[0]
-    matrix_inner = tf.matmul(h, recurrent_kernel) + recurrent_bias
+    return gru_update(matrix_x, h, tf.matmul(h, recurrent_kernel) + recurrent_bias)
+
+
+def gru_update(matrix_x: tf.Tensor, h: tf.Tensor, matrix_inner: tf.Tensor,
+               sigmoid: Callable[[tf.Tensor], tf.Tensor] = tf.sigmoid) -> tf.Tensor:
+    """A reset-after GRU step from both projections: matrix_x = x @ kernel + input bias and
+    matrix_inner = h @ recurrent kernel + recurrent bias (Keras GRUCell's order of operations)."""
+    units = h.shape[-1]
     x_zr, x_h = tf.split(matrix_x, [2 * units, units], axis=1)
     inner_zr, inner_h = tf.split(matrix_inner, [2 * units, units], axis=1)
-    z, r = tf.split(tf.sigmoid(x_zr + inner_zr), 2, axis=1)
+    z, r = tf.split(sigmoid(x_zr + inner_zr), 2, axis=1)
     hh = tf.tanh(x_h + r * inner_h)
     return z * h + (1 - z) * hh
+
+
+def sigmoid_by_tanh(x: tf.Tensor) -> tf.Tensor:
+    """sigmoid(x) as 0.5 * tanh(x / 2) + 0.5: equal to within 4e-7, and under XLA on a CPU half
+    the cost of its logistic (measured: a 256-unit GRU step for 64 rows, 33 against 62 us)."""
+    return 0.5 * tf.tanh(0.5 * x) + 0.5
 
 
 def build_model(vocab_size: int, model_config: dict[str, Any]) -> CharGRU:
