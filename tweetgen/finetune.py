@@ -14,7 +14,6 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 from . import corpus, faults
 from .checkpoints import CheckpointManager, checkpoint_name
@@ -27,7 +26,17 @@ from .engine import (
     run_plan,
     sync_checkpoint_flags,
 )
-from .promotion import DRIFT_KEY, Decision, Figures, ServedModel, decide, known, read_drift, with_drift
+from .promotion import (
+    DRIFT_KEY,
+    Decision,
+    Figures,
+    ServedModel,
+    decide,
+    known,
+    promote,
+    read_drift,
+    with_drift,
+)
 from .store import Store
 from .trainer import RunResult, TrainData, Trainer, TrainJob, build_data, finetune_steps
 from .vocab import Vocab
@@ -176,11 +185,6 @@ def judge(settings: Settings, store: Store, manager: CheckpointManager, served: 
     figures = served.figures_on(manager, trainer.vocab, data.validation, data.new_validation)
     figures = with_drift(figures, read_drift(store.get_meta(DRIFT_KEY)))
     return decide("finetune", figures, candidate, settings.promote_tolerance_bpc)
-
-
-def promote(store: Store, manager: CheckpointManager, checkpoint: Path, decision: Decision) -> None:
-    manager.promote(checkpoint)
-    store.set_meta(DRIFT_KEY, f"{decision.drift:.6f}")
 
 
 def finish(settings: Settings, store: Store, manager: CheckpointManager, job: TrainJob,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .config import Settings
 from .engine import StoreRecorder, TrainerCache, checkpoint_manager, run_plan, sync_checkpoint_flags
-from .promotion import DRIFT_KEY, Figures, decide, known, read_drift, with_drift
+from .promotion import DRIFT_KEY, Figures, decide, known, promote, read_drift, with_drift
 from .status import IDLE_STATE_KEY
 from .store import Store
 from .trainer import TrainData, Trainer, TrainJob, build_data
@@ -179,8 +179,7 @@ def _promote_if_better(settings: Settings, store: Store, trainers: TrainerCache,
                         read_drift(store.get_meta(DRIFT_KEY)))
     decision = decide("idle", served, Figures(meta.get("val_bpc")), settings.promote_tolerance_bpc)
     if decision.promote:
-        manager.promote(path)
-        store.set_meta(DRIFT_KEY, f"{decision.drift:.6f}")
+        promote(store, manager, path, decision)
         sync_checkpoint_flags(store, manager)
         log.info("idle training: checkpoint %s promoted (%s)", path.name, decision.reason)
 

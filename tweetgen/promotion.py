@@ -29,6 +29,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,6 +37,9 @@ from .checkpoints import CheckpointError, CheckpointManager, load_checkpoint
 from .model import CharGRU, grow_model
 from .train import bits_per_char, make_eval_fn
 from .vocab import Vocab
+
+if TYPE_CHECKING:
+    from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,12 @@ class Decision:
 
 def with_drift(served: Figures | None, drift: float) -> Figures | None:
     return Figures(served.old_bpc, served.new_bpc, drift) if served is not None else None
+
+
+def promote(store: Store, manager: CheckpointManager, checkpoint: Path, decision: Decision) -> None:
+    """Serve `checkpoint` and record the drift it carries."""
+    manager.promote(checkpoint)
+    store.set_meta(DRIFT_KEY, f"{decision.drift:.6f}")
 
 
 def read_drift(meta_value: str | None) -> float:
