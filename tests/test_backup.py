@@ -29,6 +29,14 @@ def _count(db: Path, table: str) -> int:
         conn.close()
 
 
+def _has_tweets(db: Path) -> bool:
+    """The daemon's first tweets are stored (False while it is still making the database)."""
+    try:
+        return db.exists() and _count(db, "samples") > 0
+    except sqlite3.OperationalError:  # the file is there, its tables not yet
+        return False
+
+
 def _filled_store(tmp_path: Path) -> Settings:
     settings = Settings(home=tmp_path)
     with Store(settings.db_file) as store:
@@ -113,7 +121,7 @@ def test_backup_cli_while_the_daemon_runs_copies_db_and_checkpoints(tmp_path: Pa
     db = home / "db" / "tweetgen.db"
     proc = start_daemon(home)
     try:
-        wait_for(lambda: db.exists() and _count(db, "samples") > 0, what="the first tweets", proc=proc)
+        wait_for(lambda: _has_tweets(db), what="the first tweets", proc=proc)
         samples = []
         for i in range(20):  # over 7 s: the daemon generates every 3 s and beats every second
             counts = backup_database(db, tmp_path / f"lib-{i}.db")
