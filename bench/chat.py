@@ -44,7 +44,7 @@ if __package__ in (None, ""):  # run as `python bench/chat.py`: import from the 
     sys.path[0] = str(REPO)
 
 from bench.engine import bench_settings  # noqa: E402
-from bench.race import pin  # noqa: E402
+from bench.race import finish, pin  # noqa: E402
 
 REPLY_TARGET = -0.15  # reply bits/char given the message minus given nothing, at most
 CONTINUE_TARGET = 0.02  # B's fortune validation minus A's, at most
@@ -153,14 +153,6 @@ def start_child(workdir: Path, side: str, args: argparse.Namespace, cpu: int) ->
     log = open(workdir / f"{side}.log", "w")  # noqa: SIM115 (closed with the process)
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO,
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-
-
-def finish(side: str, proc: subprocess.Popen, workdir: Path) -> dict:
-    out, _ = proc.communicate()
-    if proc.returncode != 0:
-        tail = (workdir / f"{side}.log").read_text()[-3000:]
-        raise SystemExit(f"side {side} failed (exit {proc.returncode}); log {workdir / side}.log:\n{tail}")
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def summary(a: dict, b: dict) -> dict:
