@@ -119,3 +119,27 @@ def trained(tmp_path_factory) -> Trained:
     result = trainer.run(job, data, CheckpointManager(settings.checkpoints),
                          on_log=lambda entry: losses.append(entry.loss))
     return Trained(settings, vocab, trainer, result, losses)
+
+
+def greedy_reference(model: Any, vocab: Any, prefix: list[int], budget: int) -> str:
+    """Greedy decoding the slow, obvious way: one eager model.step per character (padding,
+    <unk> and <sep> never drawn, as in tweetgen.generate)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from tweetgen.vocab import EOS, PAD, UNK
+
+    banned = [PAD, UNK] + ([vocab.sep_id] if vocab.sep_id is not None else [])
+    states = model.initial_state(1)
+    for token in prefix:
+        logits, states = model.step(tf.constant([token]), states)
+    out: list[int] = []
+    while len(out) < budget:
+        scores = logits.numpy()[0]
+        scores[banned] = -np.inf
+        token = int(np.argmax(scores))
+        if token == EOS:
+            break
+        out.append(token)
+        logits, states = model.step(tf.constant([token]), states)
+    return vocab.decode(out)

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import write_corpus
+from conftest import greedy_reference, write_corpus
 
 from tweetgen import context, corpus
 from tweetgen.checkpoints import CheckpointManager
@@ -17,7 +17,7 @@ from tweetgen.generate import Generator
 from tweetgen.model import build_model
 from tweetgen.train import bits_per_char, loss_weights, masked_loss_sum, model_inputs, pad_batch
 from tweetgen.trainer import Trainer, TrainJob, build_data
-from tweetgen.vocab import EOS, NO_LOSS, PAD, SEP, UNK, Vocab
+from tweetgen.vocab import EOS, NO_LOSS, SEP, Vocab
 
 CONFIG = {"input_mode": "embedding", "embedding_dim": 8, "gru_sizes": [16], "dropout": 0.0}
 QUESTIONS = ["how are you", "what is your name", "do you like tea", "where do you live",
@@ -189,23 +189,6 @@ def test_reply_prefix_is_the_trained_context() -> None:
         EOS, *VOCAB.encode("there")[0], VOCAB.sep_id]
 
 
-def greedy_after(model, vocab: Vocab, prefix: list[int], budget: int) -> str:
-    """Greedy decoding the slow, obvious way (padding, <unk> and <sep> never drawn)."""
-    states = model.initial_state(1)
-    for token in prefix:
-        logits, states = model.step(tf.constant([token]), states)
-    out: list[int] = []
-    while len(out) < budget:
-        scores = logits.numpy()[0]
-        scores[[PAD, UNK, vocab.sep_id]] = -np.inf
-        token = int(np.argmax(scores))
-        if token == EOS:
-            break
-        out.append(token)
-        logits, states = model.step(tf.constant([token]), states)
-    return vocab.decode(out)
-
-
 def test_a_context_trained_generator_feeds_message_then_sep() -> None:
     tf.keras.utils.set_random_seed(3)
     model = build_model(VOCAB.size, CONFIG)
@@ -213,7 +196,7 @@ def test_a_context_trained_generator_feeds_message_then_sep() -> None:
     for mode, end in (("pairs", VOCAB.sep_id), ("none", EOS)):
         generator = Generator(model, VOCAB, 40, context_mode=mode, jit_compile=False)
         [reply] = generator.generate(["hello"], top_k=1, random_seed=0, mode="reply")
-        assert reply.text == greedy_after(model, VOCAB, [EOS, *message_ids, end], 40)
+        assert reply.text == greedy_reference(model, VOCAB, [EOS, *message_ids, end], 40)
 
 
 def test_sep_is_never_sampled(fixed_model) -> None:

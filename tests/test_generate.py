@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import PATTERNS
+from conftest import PATTERNS, greedy_reference
 
 from tweetgen.errors import GenerationError
 from tweetgen.generate import Generator, cut_at_word_boundary, prefix_sums, shape_bucket
@@ -162,34 +162,14 @@ def test_temperature_and_top_k_shape_the_draws(fixed_model, dtype) -> None:
     assert all(s.text == "a" * 60 for s in coldest)
 
 
-def reference_greedy(model, vocab: Vocab, prefix: list[int], budget: int) -> str:
-    """Greedy decoding the slow, obvious way: one eager model.step per character."""
-    import numpy as np
-    import tensorflow as tf
-
-    states = model.initial_state(1)
-    for token in prefix:
-        logits, states = model.step(tf.constant([token]), states)
-    out: list[int] = []
-    while len(out) < budget:
-        scores = logits.numpy()[0]
-        scores[[PAD, UNK]] = -np.inf
-        token = int(np.argmax(scores))
-        if token == EOS:
-            break
-        out.append(token)
-        logits, states = model.step(tf.constant([token]), states)
-    return vocab.decode(out)
-
-
 def test_compiled_loop_matches_a_reference_decoder(trained, greedy) -> None:
     model, vocab = trained.trainer.model, trained.vocab
     for seed in ["the c", "", "my", "zq"]:
         ids = vocab.encode(seed)[0].tolist()
         [sample] = greedy.generate([seed], top_k=1, random_seed=0)
-        assert sample.text == seed + reference_greedy(model, vocab, [EOS] + ids, 140 - len(seed))
+        assert sample.text == seed + greedy_reference(model, vocab, [EOS] + ids, 140 - len(seed))
         [reply] = greedy.generate([seed], top_k=1, random_seed=0, mode="reply")
-        assert reply.text == reference_greedy(model, vocab, [EOS] + ids + [EOS], 140)
+        assert reply.text == greedy_reference(model, vocab, [EOS] + ids + [EOS], 140)
 
 
 def test_top_k_beyond_the_vocabulary_means_no_top_k(fixed_model, dtype) -> None:
