@@ -555,6 +555,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import KNOWN_ERRORS
 
     try:
+        if args.command == "daemon":
+            # Before TensorFlow starts its threads: each would otherwise get its own arena.
+            from .malloc import limit_malloc_arenas
+
+            limit_malloc_arenas()
         if args.command in TENSORFLOW_COMMANDS:
             import_tensorflow(args.verbose)
         return args.func(args)
