@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.race [--minutes 10] [--cores 1|2] [--plot race.png] [--json]
     .venv/bin/python -m bench.race --minutes 1                  (a smoke run, about 3 minutes)
     .venv/bin/python -m bench.race --against cpu_matmul_precision=bfloat16   (ours against ours)
+    .venv/bin/python -m bench.race --scaling        (ours on two cores against ours on one, in turn)
 
 Both sides train from scratch on the default corpus (the FreeBSD `fortunes` file, as in
 bench/engine.py) for `--minutes` of training time each, and are scored on the *same* validation
@@ -19,6 +20,9 @@ stops while it is scored, so scoring costs neither side training time.
 - `--against KEY=VALUE` (repeatable) races ours against ours with those settings instead of the
   baseline: how bench/README.md's comparisons were made.
 
+`--scaling` races ours on both cores against ours pinned to one core, one after the other (the
+issue 10 target: two cores at least 0.03 bits/char better than one at equal time).
+
 `--cores 1` (default): the sides run at the same time, each in its own process pinned to its own
 core (`os.sched_setaffinity`) with one TensorFlow thread. `--cores 2`: each side gets both cores
 (two threads), one side after the other. Prints validation bits/char of both sides each minute,
@@ -30,7 +34,6 @@ extra). The machine may be shared: read the load average printed with the result
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -72,13 +75,15 @@ def pin(cpus: list[int]) -> None:
 
 
 def child_ours(workdir: Path, home: str, minutes: float, cpus: list[int], overrides: dict) -> dict:
-    from tweetgen import config, corpus
+    from tweetgen import config, corpus, distribute
     from tweetgen.checkpoints import CheckpointManager
     from tweetgen.trainer import Trainer, TrainJob, build_data
 
     settings = config.apply(bench_settings(workdir, home), overrides, "--against")
-    settings = dataclasses.replace(settings, cpu_threads=len(cpus))
-    pin(cpus)
+    # Pinned to its cores, tweetgen chooses its replicas and threads as it does on a machine with
+    # that many (tweetgen.cpu): the strategy first, before TensorFlow starts its devices.
+    os.sched_setaffinity(0, cpus)
+    strategy = distribute.strategy_for(settings)
     vocab, _, _, _ = shared_data(settings)
     trainer = Trainer.fresh(settings, vocab)
     job = TrainJob("train", settings.random_seed, 0, corpus.complete_end(settings.corpus_file), 0)
@@ -99,7 +104,8 @@ def child_ours(workdir: Path, home: str, minutes: float, cpus: list[int], overri
             break
     return {"curve": curve, "steps": trainer.step, "chars_per_s": steady_rate([e.chars_per_s for e in logs]),
             "trained_s": job.elapsed_seconds, "settings": overrides,
-            "matmul": settings.cpu_matmul_precision, "fast_gru": bool(trainer.model.fast_gru)}
+            "matmul": settings.cpu_matmul_precision, "fast_gru": bool(trainer.model.fast_gru),
+            "strategy": distribute.describe(strategy)}
 
 
 def child_base(workdir: Path, minutes: float, cpus: list[int]) -> dict:
@@ -187,12 +193,15 @@ def finish(side: str, proc: subprocess.Popen, workdir: Path) -> dict:
 
 def race(args: argparse.Namespace, workdir: Path) -> dict:
     cores = sorted(os.sched_getaffinity(0))
-    if len(cores) < args.cores or (args.cores == 1 and len(cores) < 2):
+    if len(cores) < args.cores or len(cores) < 2:
         raise SystemExit(f"this process may use cores {cores}: --cores {args.cores} needs "
                          f"{max(2, args.cores)}")
-    other = "ours-b" if args.against else "base"
+    other = "ours-b" if args.against or args.scaling else "base"
     load = [os.getloadavg()[0]]
-    if args.cores == 1:  # side by side, one core each
+    if args.scaling:  # ours on both cores, then ours on one core
+        results = {"ours": finish("ours", start_child("ours", workdir, args, cores[:2]), workdir),
+                   other: finish(other, start_child(other, workdir, args, cores[:1]), workdir)}
+    elif args.cores == 1:  # side by side, one core each
         procs = {"ours": start_child("ours", workdir, args, cores[:1]),
                  other: start_child(other, workdir, args, cores[1:2])}
         results = {side: finish(side, proc, workdir) for side, proc in procs.items()}
@@ -201,7 +210,8 @@ def race(args: argparse.Namespace, workdir: Path) -> dict:
         for side in ("ours", other):
             results[side] = finish(side, start_child(side, workdir, args, cores[:args.cores]), workdir)
     load.append(os.getloadavg()[0])
-    return {"minutes": args.minutes, "cores": args.cores, "other": other, "against": args.against or [],
+    return {"minutes": args.minutes, "cores": 2 if args.scaling else args.cores, "scaling": args.scaling,
+            "other": other, "against": args.against or [],
             "load_avg_1min": [round(x, 2) for x in load], **results}
 
 
@@ -222,6 +232,8 @@ def print_report(r: dict, s: dict) -> None:
     other = r["other"]
     name = "ours-b (" + ", ".join(r["against"]) + ")" if r["against"] else "baseline"
     layout = "one core each, side by side" if r["cores"] == 1 else f"{r['cores']} cores each, in turn"
+    if r.get("scaling"):
+        name, layout = "ours, one core", "ours on 2 cores, then on one core"
     print(f"race: {r['minutes']:g} min of training per side, {layout}; load average "
           f"{r['load_avg_1min'][0]:.1f} -> {r['load_avg_1min'][1]:.1f}")
     print(f"validation bits/char        ours    {name}")
@@ -238,6 +250,11 @@ def print_report(r: dict, s: dict) -> None:
     ratio = f"   ratio {s['speed_ratio']:.2f}x" if s["speed_ratio"] else ""
     print(f"useful chars/s              {speed[0]:<16} {speed[1]}{ratio}")
     final_vs_best = s["ours"]["final"] - s["ours"]["best"]
+    if r.get("scaling"):
+        print(f"strategies: two cores {r['ours'].get('strategy')}, one core {r[other].get('strategy')}")
+        print(f"ours final - ours best: {final_vs_best:+.4f} (target <= 0); "
+              f"two cores - one core at the end: {s['final_difference']:+.4f} (target <= -0.03)")
+        return
     print(f"ours final - ours best: {final_vs_best:+.4f} (target <= 0); "
           f"ours - baseline at the end: {s['final_difference']:+.4f} (target <= -0.10)")
 
@@ -253,6 +270,8 @@ def plot(r: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     labels = {"ours": "tweetgen", "base": "lecture-style baseline",
               "ours-b": "tweetgen, " + ", ".join(r["against"])}
+    if r.get("scaling"):
+        labels.update(ours="tweetgen, 2 cores", **{"ours-b": "tweetgen, 1 core"})
     for side in ("ours", r["other"]):
         curve = r[side]["curve"]
         ax.plot([p[0] for p in curve], [p[1] for p in curve], marker="o", label=labels[side])
@@ -284,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, help="write both validation curves to this PNG")
     parser.add_argument("--against", action="append", metavar="KEY=VALUE",
                         help="race ours against ours with this setting changed (repeatable)")
+    parser.add_argument("--scaling", action="store_true",
+                        help="ours on two cores against ours on one core, in turn")
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a new temporary one)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--child", choices=("ours", "ours-b", "base"), help=argparse.SUPPRESS)

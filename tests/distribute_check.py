@@ -147,7 +147,7 @@ def main() -> None:
                                           checkpoint_every=10**6, cpu_matmul_precision="float32",
                                           embedding_lr_scale=3.0))  # its extrapolated step too
     strategy = distribute.strategy_for(mirrored)  # first: it splits the CPU before TensorFlow starts
-    single = dataclasses.replace(mirrored, strategy="auto")
+    single = dataclasses.replace(mirrored, strategy="auto", cpu_replicas=1)
     lines = varied_lines(7)
     report = {
         "replicas": strategy.num_replicas_in_sync,

@@ -15,8 +15,22 @@ def test_threads_follow_the_cores_or_the_setting(monkeypatch) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
     assert cpu.thread_counts(Settings()) == (1, 1)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    assert cpu.thread_counts(Settings()) == (4, 2)
+    assert cpu.thread_counts(Settings(batch_size=16)) == (4, 2)  # one device: a pool of the cores
     assert cpu.thread_counts(Settings(cpu_threads=2)) == (2, 2)
+
+
+def test_a_cpu_trains_one_replica_per_core_with_32_lines_each(monkeypatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert cpu.training_replicas(Settings()) == 2  # the batch of 64 gives two replicas of 32
+    assert cpu.thread_counts(Settings()) == (1, 2)  # one intra-op thread each, side by side
+    assert cpu.training_replicas(Settings(batch_size=256)) == 4
+    assert cpu.thread_counts(Settings(batch_size=256)) == (1, 4)
+    assert cpu.training_replicas(Settings(batch_size=16)) == 1
+    assert cpu.training_replicas(Settings(cpu_replicas=3)) == 3  # the setting wins
+    assert cpu.training_replicas(Settings(cpu_threads=2)) == 1  # a chosen thread pool: one device
+    assert cpu.training_replicas(Settings(strategy="multi-worker")) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {1})
+    assert cpu.training_replicas(Settings(batch_size=256)) == 1
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:

@@ -186,6 +186,29 @@ def test_the_daemon_trains_finetunes_and_tweets_under_mirrored(tmp_path) -> None
     assert [r["status"] for r in query(home, "select status from runs")] == ["completed", "completed"]
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
+def test_by_default_a_cpu_trains_one_replica_per_core_and_the_checkpoint_is_plain(tmp_path) -> None:
+    """`tweetgen train` with the default strategy and a batch of 64 on a process with two cores:
+    two replicas on logical CPUs, one intra-op thread each; its checkpoint loads on one device."""
+    from daemon_helpers import make_home
+
+    home = make_home(tmp_path, batch_size=64)
+    cores = "0,1"  # this process may have more: the count is the process's own cores
+    done = subprocess.run(["taskset", "-c", cores, sys.executable, "-m", "tweetgen.cli", "--home", str(home),
+                           "train", "--steps", "4"], capture_output=True, text=True, timeout=180,
+                          env=child_env(), cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "strategy auto: 2 replicas on /job:localhost/replica:0/task:0/device:CPU:0" in done.stderr
+    assert "TensorFlow threads: 1 intra-op, 2 inter-op" in done.stderr
+    one_core = subprocess.run(["taskset", "-c", "0", sys.executable, "-m", "tweetgen.cli", "--home",
+                               str(home), "train", "--json", "--steps", "2"], capture_output=True, text=True,
+                              timeout=180, env=child_env(), cwd=REPO)
+    assert one_core.returncode == 0, one_core.stderr[-3000:]
+    assert "replicas" not in one_core.stderr
+    assert "TensorFlow threads: 1 intra-op, 1 inter-op" in one_core.stderr
+    assert json.loads(one_core.stdout)["step"] == 6  # resumed from the two replicas' checkpoint
+
+
 # ---------------------------------------------------------------- in this process: one device
 
 

@@ -61,7 +61,9 @@ class Settings:
 
     # Devices (tweetgen.distribute): batch_size is the global batch, split across the replicas.
     strategy: str = "auto"  # "auto" (the one GPU, else the CPU), "mirrored" or "multi-worker"
-    cpu_replicas: int = 2  # "mirrored" without a GPU: logical CPU devices, one replica each (tests)
+    # Without a GPU ("auto" or "mirrored"): replicas on logical CPU devices, each on its own thread;
+    # 0: one per core this process may use, at most one per 32 lines of the batch (tweetgen.cpu).
+    cpu_replicas: int = 0
     workers: tuple[str, ...] = ()  # "multi-worker" without TF_CONFIG: HOST:PORT of each, chief first
     worker_index: int = 0  # this process's place in `workers` (env TWEETGEN_WORKER_INDEX)
     precision: str = "float32"  # or "mixed_float16" / "mixed_bfloat16" (the loss stays float32)
@@ -259,7 +261,7 @@ def _scalar(kind: type, value: Any) -> Any:
 AT_LEAST_ONE = ("embedding_dim", "max_line_chars", "log_every", "checkpoint_every",
                 "initial_steps", "finetune_min_steps", "finetune_max_steps", "min_new_lines",
                 "samples_per_seed", "max_validation_lines", "novelty_ngram", "vocab_min_count",
-                "vocab_grow_min_count", "max_bad_steps", "cpu_replicas", "idle_patience", "idle_cycle_steps",
+                "vocab_grow_min_count", "max_bad_steps", "idle_patience", "idle_cycle_steps",
                 "candidates_per_tweet", "losses_thin_every_steps",
                 # APScheduler 3.x takes a positive grace time (or None); 0 crashes it at start.
                 "misfire_grace_seconds")
@@ -268,7 +270,8 @@ POSITIVE = ("learning_rate", "finetune_learning_rate", "embedding_lr_scale", "cl
             "heartbeat_seconds", "idle_check_seconds", "idle_learning_rate", "webhook_timeout_seconds",
             "webhook_poll_seconds", "webhook_retry_seconds", "webhook_max_backoff_seconds",
             "maintenance_interval_hours")
-NOT_NEGATIVE = ("min_learning_rate", "lr_warmup_steps", "cpu_threads", "initial_minutes", "replay_ratio",
+NOT_NEGATIVE = ("min_learning_rate", "lr_warmup_steps", "cpu_threads", "cpu_replicas", "initial_minutes",
+                "replay_ratio",
                 "promote_tolerance_bpc", "db_busy_timeout_seconds", "top_k", "idle_max_hours_per_day",
                 "idle_recent_lines", "min_tweet_chars", "losses_keep_runs", "job_events_keep_days",
                 "rejected_keep_days")

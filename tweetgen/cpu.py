@@ -1,12 +1,20 @@
-"""The CPU: how many threads TensorFlow uses, and whether the fast GRU path multiplies in bfloat16.
+"""The CPU: how many replicas train on it, how many threads TensorFlow uses, and whether the
+fast GRU path multiplies in bfloat16.
 
-Threads (`cpu_threads`): TensorFlow's intra-op pool (the threads one matrix multiply is split
-over) gets the cores this process may run on (`os.sched_getaffinity`: a process pinned to one
-core gets one thread, not a pool as large as the machine fighting over that core) or the
-setting; the inter-op pool (independent ops run side by side) gets 1 for one core, else 2: the
-training step is one chain of dependent ops, so more only adds contention. It must be set
-before TensorFlow starts its runtime (`configure_threads`, called by the CLI and the daemon
-first thing; later calls keep what is set).
+Replicas (`cpu_replicas`): without a GPU, a process that may use several cores trains one
+replica per core (`training_replicas`; tweetgen.distribute then splits the CPU into as many
+logical devices under a MirroredStrategy): each takes its share of the batch, and their
+gradients are summed into the same step a single device takes. The GRU's step is a chain of
+small multiplies, so one device gains little from a second core (1.15x), while two replicas
+side by side train 1.6x one core's characters/s (bench/README.md).
+
+Threads (`cpu_threads`): with replicas, one intra-op thread and one inter-op thread per
+replica. Otherwise TensorFlow's intra-op pool (the threads one matrix multiply is split over)
+gets the cores this process may run on (`os.sched_getaffinity`: a process pinned to one core
+gets one thread, not a pool as large as the machine fighting over that core) or the setting;
+the inter-op pool gets 1 for one core, else 2. Both must be set before TensorFlow starts its
+runtime (`configure_threads`, called by the CLI and the daemon first thing; later calls keep
+what is set).
 
 bfloat16 (`cpu_matmul_precision`): on a CPU with AMX-BF16 or AVX512-BF16 units a bfloat16
 matrix multiply is 2-3x as fast as a float32 one at these sizes; the fast GRU path can round
@@ -28,6 +36,9 @@ from .config import Settings
 log = logging.getLogger(__name__)
 
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+# The fewest lines of the batch a CPU replica gets when their number is automatic (cpu_replicas
+# = 0): the default batch of 64 trains on two cores as two replicas of 32.
+MIN_REPLICA_BATCH = 32
 # What "auto" takes on a CPU with bfloat16 units; chosen by measurement (bench/README.md:
 # bench.precision, 1.29x the speed at equal validation per step).
 AUTO_CHOICE = "bfloat16"
@@ -41,10 +52,38 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def has_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def training_replicas(settings: Settings) -> int:
+    """How many replicas train on the CPU: 1 (one device) unless there is no GPU and the strategy
+    is "auto" or "mirrored". Then `cpu_replicas`, or with 0 one per core this process may use,
+    as long as each replica gets MIN_REPLICA_BATCH lines of the batch ("auto" with `cpu_threads`
+    set keeps one device: the user chose a thread pool)."""
+    if settings.strategy not in ("auto", "mirrored") or has_gpu():
+        return 1
+    if settings.cpu_replicas:
+        return settings.cpu_replicas
+    if settings.strategy == "auto" and settings.cpu_threads:
+        return 1
+    return max(1, min(available_cores(), settings.batch_size // MIN_REPLICA_BATCH))
+
+
 def thread_counts(settings: Settings) -> tuple[int, int]:
-    """(intra-op, inter-op) threads for these settings on this process's cores."""
-    intra = settings.cpu_threads or available_cores()
-    return intra, 1 if intra == 1 else 2
+    """(intra-op, inter-op) threads for these settings on this process's cores. Replicas on the
+    CPU get one intra-op thread and an inter-op thread each: each replica's step is a chain of
+    small multiplies that a second intra-op thread barely speeds up, while the replicas' chains
+    run side by side (measured 1.6x one core's chars/s on two, against 1.15x for one device with
+    two intra-op threads; bench/README.md)."""
+    replicas = training_replicas(settings)
+    if settings.cpu_threads:
+        intra = settings.cpu_threads
+    else:
+        intra = 1 if replicas > 1 else available_cores()
+    return intra, replicas if replicas > 1 else (1 if intra == 1 else 2)
 
 
 def configure_threads(settings: Settings) -> tuple[int, int]:

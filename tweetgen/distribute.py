@@ -2,10 +2,12 @@
 
 `strategy_for(settings)` is the process's strategy for the `strategy` setting:
 
-- `auto`: TensorFlow's default strategy: the one GPU if there is one, else the CPU. The trainer
-  then runs the single-device step of tweetgen.train unchanged.
+- `auto`: the one GPU if there is one; else the CPU, as `tweetgen.cpu.training_replicas`
+  replicas (one per core this process may use, by default) on as many logical CPU devices under
+  a MirroredStrategy, or, with one replica, TensorFlow's default strategy: the trainer then runs
+  the single-device step of tweetgen.train unchanged.
 - `mirrored`: `tf.distribute.MirroredStrategy` over all local GPUs or, without a GPU, over
-  `cpu_replicas` logical CPU devices (for testing: they share the same cores).
+  `training_replicas` logical CPU devices.
 - `multi-worker`: `tf.distribute.MultiWorkerMirroredStrategy` over the hosts in `TF_CONFIG`, or
   else over the `workers` setting, this process being `workers[worker_index]`.
 
@@ -69,7 +71,12 @@ _strategies: dict[tuple, tf.distribute.Strategy] = {}
 def strategy_for(settings: Settings) -> tf.distribute.Strategy:
     """The strategy of these settings, created once per process (call it before TensorFlow starts
     its devices for `mirrored` on logical CPUs and for `multi-worker`)."""
-    key = (settings.strategy, settings.cpu_replicas, settings.workers, settings.worker_index)
+    replicas = cpu.training_replicas(settings)
+    # "auto" and "mirrored" on the same logical CPUs are one strategy: two MirroredStrategy
+    # objects on the same devices mix up their collectives (an all-reduce of one step meets the
+    # other's: "Shape mismatch in the collective instance").
+    kind = "cpu-replicas" if replicas > 1 else settings.strategy  # more than 1: on the CPU
+    key = (kind, replicas, settings.workers, settings.worker_index)
     cpu.configure_threads(settings)
     if key not in _strategies:
         strategy = _create(settings)
@@ -81,13 +88,16 @@ def strategy_for(settings: Settings) -> tf.distribute.Strategy:
 
 
 def _create(settings: Settings) -> tf.distribute.Strategy:
+    replicas = cpu.training_replicas(settings)
     if settings.strategy == "auto":
-        return tf.distribute.get_strategy()
+        if replicas == 1 or not cpu_split_now(replicas):
+            return tf.distribute.get_strategy()
+        return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
     if settings.strategy == "mirrored":
         if tf.config.list_physical_devices("GPU"):
             return tf.distribute.MirroredStrategy()
-        split_cpu(settings.cpu_replicas)
-        return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(settings.cpu_replicas)])
+        split_cpu(replicas)
+        return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
     if os.environ.get("TF_CONFIG"):
         resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     elif settings.workers:
@@ -116,6 +126,18 @@ def split_cpu(count: int) -> None:
         raise ConfigError(f"strategy 'mirrored' with cpu_replicas = {count} needs the CPU split before "
                           "TensorFlow starts its devices: call tweetgen.distribute.strategy_for first "
                           "in the program") from None
+
+
+def cpu_split_now(count: int) -> bool:
+    """`split_cpu` for "auto": False, with a log line, where TensorFlow already started its
+    devices (a library caller that used it first): training then runs on one device."""
+    try:
+        split_cpu(count)
+        return True
+    except ConfigError:
+        log.info("TensorFlow started before the CPU could be split into %d replicas: training on "
+                 "one device (create the strategy first to train on every core)", count)
+        return False
 
 
 def is_default(strategy: tf.distribute.Strategy) -> bool:
