@@ -37,7 +37,7 @@ from apscheduler.events import (
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from . import corpus
+from . import corpus, malloc
 from .checkpoints import CheckpointManager
 from .config import ConfigError, Settings
 from .errors import KNOWN_ERRORS, LockError
@@ -399,6 +399,9 @@ class Daemon:
             log.warning("heartbeat not written: %s", exc)
             return
         self._record(None)  # the skipped runs noted since the last write, and any kept events
+        # What the jobs since the last beat freed goes back to the system (tweetgen.malloc):
+        # else RSS keeps every peak it ever had, in steps, over weeks.
+        malloc.release_free_memory()
 
     # ---- the jobs
 
