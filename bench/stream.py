@@ -78,8 +78,9 @@ def stop_daemon(proc: subprocess.Popen) -> None:
     proc.wait(120)
 
 
-def write_config(home: Path, args: argparse.Namespace, idle: bool) -> None:
-    lines = [f"initial_steps = {args.initial_steps}", f"min_new_lines = {args.batch_lines}",
+def write_config(home: Path, args: argparse.Namespace, idle: bool, smallest_batch: int | None = None) -> None:
+    # Every batch, the last and shorter one too, is one fine-tune.
+    lines = [f"initial_steps = {args.initial_steps}", f"min_new_lines = {smallest_batch or args.batch_lines}",
              "ingest_check_seconds = 2", "finetune_interval_minutes = 10000",
              "generate_interval_minutes = 10000", "heartbeat_seconds = 5",
              f"idle_training = {'true' if idle else 'false'}", "idle_check_seconds = 2"]
@@ -124,7 +125,8 @@ def run_stream(args: argparse.Namespace, home: Path) -> dict:
           f"{args.style}, {len(stream)} lines appended in batches of {args.batch_lines}, "
           f"{len(held)} held out", flush=True)
 
-    write_config(home, args, idle=args.gap_minutes > 0)
+    smallest = len(stream) - args.batch_lines * ((len(stream) - 1) // args.batch_lines) if stream else None
+    write_config(home, args, idle=args.gap_minutes > 0, smallest_batch=smallest)
     daemon = start_daemon(home)
     t0 = time.monotonic()
     try:
