@@ -87,8 +87,8 @@ class Settings:
     idle_max_hours_per_day: float = 24.0  # idle training time per UTC day at most
     idle_cycle_steps: int = 4000  # steps of one idle run (its learning-rate plan)
     idle_learning_rate: float = 3e-4  # the learning rate of idle training
-    idle_recent_lines: int = 2000  # the newest training lines count as recent ...
-    idle_recent_weight: float = 2.0  # ... and are drawn this many times as often as the others
+    idle_recent_lines: int = 500  # the newest training lines count as recent ...
+    idle_recent_weight: float = 4.0  # ... and are drawn this many times as often as the others
     vocab_grow_min_count: int = 5
 
     # Generation.
