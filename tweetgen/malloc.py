@@ -29,7 +29,7 @@ def limit_malloc_arenas(arenas: int = DAEMON_ARENAS) -> bool:
 
     Returns False (and changes nothing) where the C library is not glibc, or where the user set
     MALLOC_ARENA_MAX: glibc already applied theirs at start and it wins."""
-    if os.environ.get("MALLOC_ARENA_MAX") or platform.libc_ver()[0] != "glibc":
+    if os.environ.get("MALLOC_ARENA_MAX") or not _is_glibc():
         return False
     try:
         return bool(_glibc().mallopt(M_ARENA_MAX, arenas))
@@ -42,13 +42,18 @@ def release_free_memory() -> bool:
     """Give the memory malloc holds free, in every arena, back to the system (glibc's
     malloc_trim(0): free pages inside the heaps too, not only at their tops). A few ms; False
     where the C library is not glibc."""
-    if platform.libc_ver()[0] != "glibc":
+    if not _is_glibc():
         return False
     try:
         _glibc().malloc_trim(0)
         return True
     except (OSError, AttributeError):
         return False
+
+
+@functools.cache
+def _is_glibc() -> bool:
+    return platform.libc_ver()[0] == "glibc"  # reads the Python binary: once per process
 
 
 @functools.cache
