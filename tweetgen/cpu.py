@@ -136,9 +136,7 @@ def sampling_matmul_dtype(settings: Settings, intra_threads: int, flags: set[str
     only with one intra-op thread: with two, the bfloat16 loop's small oneDNN multiplies gained
     nothing from the second thread while XLA's float32 ones did (measured 0.89-1.03x against
     1.36-1.48x on one core, bench/README.md). "bfloat16" forces it."""
-    import tensorflow as tf
-
-    if tf.config.list_physical_devices("GPU"):
+    if has_gpu():
         return "float32"
     choice = matmul_dtype_name(settings, flags)
     if settings.cpu_matmul_precision == "auto" and intra_threads > 1:

@@ -79,7 +79,7 @@ def strategy_for(settings: Settings) -> tf.distribute.Strategy:
     key = (kind, replicas, settings.workers, settings.worker_index)
     cpu.configure_threads(settings)
     if key not in _strategies:
-        strategy = _create(settings)
+        strategy = _create(settings, replicas)
         if not is_default(strategy):
             log.info("strategy %s: %d replicas on %s", settings.strategy, strategy.num_replicas_in_sync,
                      ", ".join(strategy.extended.worker_devices))
@@ -87,14 +87,13 @@ def strategy_for(settings: Settings) -> tf.distribute.Strategy:
     return _strategies[key]
 
 
-def _create(settings: Settings) -> tf.distribute.Strategy:
-    replicas = cpu.training_replicas(settings)
+def _create(settings: Settings, replicas: int) -> tf.distribute.Strategy:
     if settings.strategy == "auto":
         if replicas == 1 or not cpu_split_now(replicas):
             return tf.distribute.get_strategy()
         return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
     if settings.strategy == "mirrored":
-        if tf.config.list_physical_devices("GPU"):
+        if cpu.has_gpu():
             return tf.distribute.MirroredStrategy()
         split_cpu(replicas)
         return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
