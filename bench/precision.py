@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cores", type=int, default=1)
     parser.add_argument("--setting", default="cpu_matmul_precision")
     parser.add_argument("--values", nargs=2, default=["float32", "bfloat16"])
+    parser.add_argument("--report-every", type=int, default=0,
+                        help="also print both sides' validation every this many steps")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/tweetgen-precision"))
     args = parser.parse_args(argv)
 
@@ -63,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         for trainer, job, data, rates in sides.values():
             trainer.run(job, data, manager, on_log=lambda entry, rates=rates: rates.append(entry.chars_per_s),
                         should_stop=lambda trainer=trainer, target=target: trainer.step >= target)
+        if args.report_every and target % args.report_every == 0 and target < args.steps:
+            scores = "  ".join(f"{name} {t.validation_bpc(d):.4f}" for name, (t, _, d, _) in sides.items())
+            print(f"  step {target:6d}: {args.setting} {scores}", flush=True)
     rows = {}
     for name, (trainer, _, data, rates) in sides.items():
         rows[name] = statistics.median(rates[1:] or rates), trainer.validation_bpc(data), trainer.step

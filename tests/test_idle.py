@@ -91,6 +91,29 @@ def test_idle_training_yields_at_the_next_step_and_continues_the_same_job(make_s
     store.close()
 
 
+def test_idle_training_preempted_before_its_first_step_keeps_the_trainer(make_settings, tmp_path) -> None:
+    """The soak found the daemon's memory stepping up when an idle slice yielded before its
+    first step: the cache dropped the trainer and the next job built and traced it again."""
+    from tweetgen.engine import TrainerCache
+    from tweetgen.idle import run_idle
+
+    settings, store = _home(make_settings, tmp_path)
+    trainers = TrainerCache()
+    calls = []
+
+    def preempted() -> bool:
+        calls.append(1)
+        return len(calls) > 1  # a job falls due right after the slice starts: no step taken
+
+    done = run_idle(settings, store, trainers, preempted, lambda: False)
+    assert done.ended == "yielded" and done.steps == 0
+    kept = trainers.trainer
+    assert kept is not None
+    again = run_idle(settings, store, trainers, lambda: False, lambda: False)
+    assert again.steps > 0 and trainers.trainer is kept  # the same trainer: nothing rebuilt
+    store.close()
+
+
 def test_idle_training_is_off_or_paused_by_settings(make_settings, tmp_path) -> None:
     from tweetgen.engine import TrainerCache
     from tweetgen.idle import STATE_KEY, add_seconds_used, run_idle

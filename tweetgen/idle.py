@@ -151,7 +151,12 @@ def run_idle(settings: Settings, store: Store, trainers: TrainerCache,
         raise
     finally:
         add_seconds_used(store, time.monotonic() - started)
-    trainers.keep(trainer, result.checkpoint)
+    if result.checkpoint is not None:
+        trainers.keep(trainer, result.checkpoint)
+    # else no step was taken (preempted before the first one): the trainer is still the newest
+    # checkpoint's state, which the cache holds. Forgetting it made the next job build the model
+    # and trace its steps again: seconds of a late job, and memory TensorFlow never gives back
+    # (bench/soak.py's steps of +12 to +50 MB).
     ended = why[0] if why else ("exhausted" if exhausted(settings, job) else "cycle")
     store.finish_run(run_id, "interrupted" if ended == "interrupted" else "completed",
                      steps=result.steps, val_bpc_after=known(job.best_bpc), bad_steps=result.bad_steps,
