@@ -16,6 +16,10 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Before any test module imports TensorFlow: tweetgen binds Python's SQLite (with FTS5) first
+# (see tweetgen/__init__.py); a subset of the suite starting with such a module failed without.
+import tweetgen  # noqa: E402, F401
+
 # Four patterns a tiny model learns in a few hundred steps. Each 3-character prefix identifies
 # its pattern, so greedy generation from that prefix must reproduce it exactly.
 PATTERNS = (

@@ -78,6 +78,29 @@ def test_pad_batch() -> None:
     assert pad_batch([np.array([1, 5, 1]), np.array([1, 1])]).shape == (2, 3)
 
 
+def test_batches_come_in_few_shapes_and_padding_rows_changes_no_loss() -> None:
+    """TensorFlow's oneDNN kernels keep memory for every batch shape they meet (bench/soak.py):
+    training batches have the batch size's rows and lengths in multiples of LENGTH_MULTIPLE."""
+    from tweetgen.train import LENGTH_MULTIPLE, bucketed_batch
+
+    rng = np.random.default_rng(0)
+    sequences = [np.ones(int(n), np.int32) for n in rng.integers(2, 142, size=333)]
+    batcher = Batcher(sequences, 64, seed=3)
+    shapes = {batcher.next().shape for _ in range(60)}  # more than 5 epochs of 6 batches
+    assert {rows for rows, _ in shapes} == {64}  # the partial batch of each epoch too
+    assert all(length % LENGTH_MULTIPLE == 0 for _, length in shapes)
+    assert len(shapes) <= 144 // LENGTH_MULTIPLE
+
+    lines = ["a short one", "a rather longer line of text here", "x"]
+    vocab = Vocab.build(lines)
+    model = build_model(vocab.size, CONFIG)
+    seqs, _ = encode_lines(lines, vocab, 280)
+    padded = bucketed_batch(seqs, 8)
+    assert padded.shape == (8, 40)
+    assert float(masked_mean_loss(model, tf.constant(padded))) == pytest.approx(
+        float(masked_mean_loss(model, tf.constant(pad_batch(seqs)))), rel=1e-6)
+
+
 def test_loss_does_not_change_when_the_batch_is_padded_longer() -> None:
     lines = ["a short one", "a rather longer line of text here", "x", "mid length"]
     vocab = Vocab.build(lines)

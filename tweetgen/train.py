@@ -47,12 +47,29 @@ def encode_lines(lines: Sequence[str], vocab: Vocab, max_chars: int) -> tuple[li
     return sequences, unknown
 
 
-def pad_batch(sequences: Sequence[np.ndarray], length: int | None = None) -> np.ndarray:
+# TensorFlow's oneDNN kernels keep what they compile for every input shape they meet (about 1.5
+# MB for each new batch shape of the default model, never freed while the process lives): a
+# daemon meeting a new (rows, length) at every fine-tune and evaluation grew for weeks
+# (bench/soak.py). So batches come in few shapes: lengths rounded up to a multiple of this (4.5%
+# more positions on the fortunes) and rows padded (see bucketed_batch).
+LENGTH_MULTIPLE = 8
+
+
+def pad_batch(sequences: Sequence[np.ndarray], length: int | None = None,
+              rows: int | None = None) -> np.ndarray:
+    """Sequences as rows of PAD-padded ids; `rows` adds rows of padding only (no loss)."""
     length = length or max(len(s) for s in sequences)
-    batch = np.full((len(sequences), length), PAD, dtype=np.int32)
+    batch = np.full((max(rows or 0, len(sequences)), length), PAD, dtype=np.int32)
     for row, seq in enumerate(sequences):
         batch[row, : len(seq)] = seq
     return batch
+
+
+def bucketed_batch(sequences: Sequence[np.ndarray], rows: int) -> np.ndarray:
+    """pad_batch in one of few shapes: `rows` rows, the length a multiple of LENGTH_MULTIPLE.
+    The padding carries no loss, so the loss and its gradients are those of the sequences."""
+    longest = max(len(s) for s in sequences)
+    return pad_batch(sequences, -(-longest // LENGTH_MULTIPLE) * LENGTH_MULTIPLE, rows)
 
 
 def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
@@ -97,7 +114,7 @@ class Batcher:
             self._plan = epoch_batches(self.lengths, self.batch_size, self.seed, self.position.epoch)
         index = self._plan[self.position.batch]
         self.position = Position(self.position.epoch, self.position.batch + 1)
-        return pad_batch([self.sequences[i] for i in index])
+        return bucketed_batch([self.sequences[i] for i in index], self.batch_size)
 
 
 # ---------------------------------------------------------------- loss and validation
@@ -146,7 +163,9 @@ def bits_per_char(model: CharGRU, sequences: Sequence[np.ndarray], batch_size: i
     order = np.argsort([len(s) for s in sequences], kind="stable")
     total = count = 0.0
     for start in range(0, len(order), batch_size):
-        batch = pad_batch([sequences[i] for i in order[start : start + batch_size]])
+        chunk = [sequences[i] for i in order[start : start + batch_size]]
+        # The last, partial batch in rows of a power of two: few shapes (see LENGTH_MULTIPLE).
+        batch = bucketed_batch(chunk, min(batch_size, 1 << max(len(chunk) - 1, 7).bit_length()))
         loss_sum, n = eval_fn(tf.constant(batch))
         total += float(loss_sum)
         count += float(n)
