@@ -99,6 +99,12 @@ def test_batches_come_in_few_shapes_and_padding_rows_changes_no_loss() -> None:
     assert padded.shape == (8, 40)
     assert float(masked_mean_loss(model, tf.constant(padded))) == pytest.approx(
         float(masked_mean_loss(model, tf.constant(pad_batch(seqs)))), rel=1e-6)
+    # Evaluation pads further (rows to a power of two, lengths to a multiple of 32): the same bits.
+    total = count = 0.0
+    for seq in seqs:
+        loss_sum, n = masked_loss_sum(tf.constant(seq[None, 1:]), model(tf.constant(seq[None, :-1])))
+        total, count = total + float(loss_sum), count + float(n)
+    assert bits_per_char(model, seqs) == pytest.approx(total / count / math.log(2), rel=1e-5)
 
 
 def test_loss_does_not_change_when_the_batch_is_padded_longer() -> None:

@@ -65,11 +65,12 @@ def pad_batch(sequences: Sequence[np.ndarray], length: int | None = None,
     return batch
 
 
-def bucketed_batch(sequences: Sequence[np.ndarray], rows: int) -> np.ndarray:
-    """pad_batch in one of few shapes: `rows` rows, the length a multiple of LENGTH_MULTIPLE.
+def bucketed_batch(sequences: Sequence[np.ndarray], rows: int,
+                   multiple: int = LENGTH_MULTIPLE) -> np.ndarray:
+    """pad_batch in one of few shapes: `rows` rows, the length a multiple of `multiple`.
     The padding carries no loss, so the loss and its gradients are those of the sequences."""
     longest = max(len(s) for s in sequences)
-    return pad_batch(sequences, -(-longest // LENGTH_MULTIPLE) * LENGTH_MULTIPLE, rows)
+    return pad_batch(sequences, -(-longest // multiple) * multiple, rows)
 
 
 def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
@@ -164,8 +165,10 @@ def bits_per_char(model: CharGRU, sequences: Sequence[np.ndarray], batch_size: i
     total = count = 0.0
     for start in range(0, len(order), batch_size):
         chunk = [sequences[i] for i in order[start : start + batch_size]]
-        # The last, partial batch in rows of a power of two: few shapes (see LENGTH_MULTIPLE).
-        batch = bucketed_batch(chunk, min(batch_size, 1 << max(len(chunk) - 1, 7).bit_length()))
+        # Fewer shapes still than training's (see LENGTH_MULTIPLE): evaluation is cheap, and the
+        # daemon evaluates a few held-out new lines at every fine-tune. Rows in powers of two.
+        rows = min(batch_size, 1 << max(len(chunk) - 1, 7).bit_length())
+        batch = bucketed_batch(chunk, rows, multiple=4 * LENGTH_MULTIPLE)
         loss_sum, n = eval_fn(tf.constant(batch))
         total += float(loss_sum)
         count += float(n)
