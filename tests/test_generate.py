@@ -11,7 +11,8 @@ import pytest
 from conftest import PATTERNS, greedy_reference
 
 from tweetgen.errors import GenerationError
-from tweetgen.generate import Generator, cut_at_word_boundary, prefix_sums, shape_bucket
+from tweetgen.generate import Generator, cut_at_word_boundary, prefix_sums
+from tweetgen.model import shape_bucket
 from tweetgen.novelty import NoveltyIndex
 from tweetgen.vocab import EOS, PAD, UNK, Vocab
 

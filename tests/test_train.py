@@ -384,6 +384,38 @@ def test_a_timed_plan_carries_its_elapsed_time_into_the_resumed_run(make_setting
     assert result.status == "stopped" and result.steps == 0 and saved.done
 
 
+@pytest.mark.parametrize("spoiled", [False, True])
+def test_a_plan_ends_on_its_best_checkpoints_weights(make_settings, tmp_path, spoiled) -> None:
+    """A training plan whose last weights score worse than one of its checkpoints ends on that
+    checkpoint's weights and optimizer state (its step count stays); one that ends on its best
+    weights keeps them."""
+    settings, vocab, end = _setup(make_settings, tmp_path, checkpoint_every=100, learning_rate=1e-3)
+    job = TrainJob("train", 1, 0, end, 0)
+    job.new_plan(0, steps=8)
+    data = build_data(settings, vocab, job)
+    manager = CheckpointManager(settings.checkpoints)
+    trainer = Trainer.fresh(settings, vocab)
+    calls: list[int] = []
+    trainer.run(job, data, manager, should_stop=lambda: calls.append(1) or len(calls) > 4)
+    best = manager.load_latest()
+    assert job.best_step == best.step == 4 and job.best_bpc == best.meta["val_bpc"]
+    if spoiled:  # weights far from anything the rest of the plan can repair: its end scores worse
+        for variable in trainer.model.weights:
+            variable.assign(variable + tf.random.stateless_normal(variable.shape, [1, 2]))
+    result = trainer.run(job, data, manager)
+    last = manager.load_latest()
+    assert result.status == "completed" and trainer.step == last.step == 8 and job.done
+    same_as_best = [np.array_equal(a, b) for a, b in zip(last.weights, best.weights, strict=True)]
+    if spoiled:
+        assert all(same_as_best)
+        assert all(np.array_equal(a, b) for a, b in zip(last.optimizer, best.optimizer, strict=True))
+        assert result.val_bpc == pytest.approx(best.meta["val_bpc"], abs=1e-6)
+        assert job.best_step == 4
+    else:
+        assert not any(same_as_best) and result.val_bpc < best.meta["val_bpc"]
+        assert job.best_step == 8
+
+
 def test_checkpoints_during_a_run_and_rotation(make_settings, tmp_path) -> None:
     settings, vocab, end = _setup(make_settings, tmp_path, checkpoint_every=2, keep_checkpoints=2)
     job = TrainJob("train", 1, 0, end, 7)

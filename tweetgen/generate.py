@@ -33,7 +33,7 @@ import tensorflow as tf
 from .context import reply_prefix
 from .corpus import clean_seed
 from .errors import GenerationError
-from .model import CharGRU, gru_update, sigmoid_by_tanh
+from .model import CharGRU, gru_update, shape_bucket, sigmoid_by_tanh
 from .novelty import NoveltyIndex
 from .vocab import EOS, PAD, UNK, Vocab
 
@@ -78,12 +78,6 @@ def check_request(seeds: Sequence[str], n: int, temperature: float, top_k: int, 
         if mode == "continue" and len(seed) >= max_chars:
             raise GenerationError(
                 f"seed {seed[:30]!r}... is {len(seed)} characters; it must be under {max_chars}")
-
-
-def shape_bucket(size: int, minimum: int = 1) -> int:
-    """The power of two at or above `size` (at least `minimum`): requests are padded to these
-    sizes, so the compiled loop sees few distinct shapes and XLA compiles each only once."""
-    return max(minimum, 1 << max(size - 1, 0).bit_length())
 
 
 class Generator:

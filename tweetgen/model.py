@@ -31,6 +31,14 @@ import numpy as np
 import tensorflow as tf
 
 
+def shape_bucket(size: int, minimum: int = 1) -> int:
+    """The power of two at or above `size` (at least `minimum`). Compiled functions are fed
+    batches padded to these sizes, so they see few distinct shapes: XLA compiles each shape once
+    (generation), and TensorFlow's oneDNN kernels keep memory for every shape they meet for good
+    (evaluation; see tweetgen.train.LENGTH_MULTIPLE)."""
+    return max(minimum, 1 << max(size - 1, 0).bit_length())
+
+
 def use_fast_gru() -> bool:
     """Whether full-sequence GRU passes take the CPU fast path (see the module docstring)."""
     forced = os.environ.get("TWEETGEN_FAST_GRU", "").strip().lower()

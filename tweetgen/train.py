@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .model import CharGRU
+from .model import CharGRU, shape_bucket
 from .vocab import EOS, NO_LOSS, PAD, Vocab
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ def bits_per_char(model: CharGRU, sequences: Sequence[np.ndarray], batch_size: i
         chunk = [sequences[i] for i in order[start : start + batch_size]]
         # Fewer shapes still than training's (see LENGTH_MULTIPLE): evaluation is cheap, and the
         # daemon evaluates a few held-out new lines at every fine-tune. Rows in powers of two.
-        rows = min(batch_size, 1 << max(len(chunk) - 1, 7).bit_length())
+        rows = min(batch_size, shape_bucket(len(chunk), 8))
         batch = bucketed_batch(chunk, rows, multiple=4 * LENGTH_MULTIPLE)
         loss_sum, n = eval_fn(tf.constant(batch))
         total += float(loss_sum)

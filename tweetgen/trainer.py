@@ -11,6 +11,11 @@ its floor exactly at the end of the plan (tweetgen.train.learning_rate_at), so e
 long, ends settled. A stopped run that is resumed continues the same plan: for a step plan,
 exactly (N steps + resume + N steps gives the weights of one 2N-step run); a timed plan resumes
 with the wall time it had already trained, and trains for the time that is left.
+
+A training plan (kind "train": the initial run, `tweetgen train`) ends on the weights of its best
+checkpoint when its last weights score worse on validation (`Trainer.end_on_best_weights`). Every
+checkpoint the plan wrote counts, also one a stop wrote, so a stopped and resumed plan has that
+one more candidate than a straight run; the steps themselves are the same.
 """
 
 from __future__ import annotations
@@ -29,7 +34,13 @@ import numpy as np
 import tensorflow as tf
 
 from . import context, corpus, distribute, faults
-from .checkpoints import Checkpoint, CheckpointError, CheckpointManager, checkpoint_name
+from .checkpoints import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointManager,
+    checkpoint_name,
+    load_checkpoint,
+)
 from .config import Settings
 from .context import Example
 from .errors import NonFiniteLossError
@@ -78,6 +89,7 @@ class TrainJob:
         self.planned_seconds = seconds
         self.elapsed_seconds = 0.0
         self.done = False
+        self.best_bpc = self.best_step = None  # a new plan ends on the best of its own checkpoints
 
     def planned_steps(self) -> int | None:
         """The plan's length in steps; None for a plan measured in time only."""
@@ -99,7 +111,10 @@ class TrainJob:
     def time_is_up(self) -> bool:
         return self.planned_seconds is not None and self.elapsed_seconds >= self.planned_seconds
     corpus_identity: dict | None = None  # the corpus's identity at corpus_end, when it was read
-    best_bpc: float | None = None  # idle: the best validation of this stretch of idle training
+    # train: the best validation of this plan's checkpoints, and its step (see end_on_best_weights);
+    # idle: the best validation of this stretch of idle training (tweetgen.idle)
+    best_bpc: float | None = None
+    best_step: int | None = None
     stale_checkpoints: int = 0  # idle: checkpoints since the best one
 
     def as_dict(self) -> dict[str, Any]:
@@ -403,14 +418,20 @@ class Trainer:
         job.done = self.step >= job.target_step or status == "stopped"
         checkpoint, meta = None, {}
         if self.step > start_step or job.done:
-            checkpoint, meta = self.save(job, data, manager, on_checkpoint, on_validated)
+            bpc = self.end_on_best_weights(job, data, manager) if job.done and job.kind == "train" else None
+            checkpoint, meta = self.save(job, data, manager, on_checkpoint, on_validated, bpc)
         return RunResult(self.step - start_step, status, self.last_loss, meta.get("val_bpc"), checkpoint,
                          bad_steps, meta.get("val_new_bpc"))
 
     def save(self, job: TrainJob, data: TrainData, manager: CheckpointManager,
              on_checkpoint: Callable[[Path, dict], None] | None = None,
-             on_validated: Callable[[float], None] | None = None) -> tuple[Path, dict]:
-        bpc = self.validation_bpc(data)
+             on_validated: Callable[[float], None] | None = None,
+             bpc: float | None = None) -> tuple[Path, dict]:
+        """Checkpoint the model (validated now, unless `bpc` is its validation already)."""
+        if bpc is None:
+            bpc = self.validation_bpc(data)
+        if job.kind == "train" and (job.best_bpc is None or bpc < job.best_bpc):
+            job.best_bpc, job.best_step = bpc, self.step
         if on_validated:
             on_validated(bpc)
         meta = self.meta(job, bpc)
@@ -433,6 +454,28 @@ class Trainer:
         if on_checkpoint:
             on_checkpoint(path, meta)
         return path, meta
+
+    def end_on_best_weights(self, job: TrainJob, data: TrainData, manager: CheckpointManager) -> float:
+        """At the end of a training plan, go back to the weights (and optimizer state) of its best
+        checkpoint if they scored better than the weights the plan ended with, as Keras'
+        `restore_best_weights` does: the last stretch of a long run can overfit a small corpus by
+        a little, and the model a run leaves behind is the one that is served and fine-tuned.
+        The step count stays. Returns the validation of the weights the plan now ends with."""
+        bpc = self.validation_bpc(data)
+        if job.best_step is None or job.best_step == self.step or not bpc > job.best_bpc:
+            return bpc
+        path = manager.directory / checkpoint_name(job.best_step)
+        try:
+            best = load_checkpoint(path)
+        except CheckpointError as exc:
+            log.warning("the plan's best checkpoint is gone (%s): it ends on its last weights", exc)
+            return bpc
+        for variable, value in zip(self.model.weights, best.weights, strict=True):
+            variable.assign(value)
+        assign_optimizer(self.optimizer, best.optimizer)
+        log.info("the plan ends on the weights of its best checkpoint (step %d, validation %.4f "
+                 "bits/char; its last weights scored %.4f)", job.best_step, job.best_bpc, bpc)
+        return self.validation_bpc(data)
 
     def meta(self, job: TrainJob, val_bpc: float) -> dict[str, Any]:
         path = self.settings.corpus_file
