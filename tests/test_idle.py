@@ -25,6 +25,50 @@ def test_recent_lines_are_weighted_up_reproducibly() -> None:
     assert with_recent_weighted(lines, 4, 1.0, random.Random(1)) == lines
 
 
+def test_idle_training_weights_up_only_lines_appended_since_the_whole_corpus_training(
+        make_settings, tmp_path) -> None:
+    """Recent lines are the ones new to the model: none right after the initial training (drawing
+    the corpus's last lines more often would only overfit them), the fine-tuned ones after it."""
+    from tweetgen import corpus
+    from tweetgen.checkpoints import read_meta
+    from tweetgen.engine import TrainerCache, checkpoint_manager
+    from tweetgen.finetune import run_finetune
+    from tweetgen.idle import next_idle_job
+    from tweetgen.trainer import build_data, fresh_of, fresh_training_lines, split_lines
+
+    settings, store = _home(make_settings, tmp_path, idle_recent_weight=3.0, min_new_lines=1)
+    initial_end = corpus.complete_end(settings.corpus_file)
+    trainers = TrainerCache()
+
+    def idle_job():
+        trainer, meta = trainers.latest(settings, checkpoint_manager(settings))
+        return trainer, next_idle_job(settings, trainer, meta)
+
+    trainer, job = idle_job()
+    assert job.fresh_from == initial_end
+    lines = corpus.read_lines(settings.corpus_file).lines
+    trained, _ = split_lines(lines, settings.validation_fraction)
+    assert fresh_training_lines(settings, job, lines) == 0
+    assert len(build_data(settings, trainer.vocab, job).train) == len(trained)  # no line drawn twice
+
+    new = [f"fresh line {i} about the zeppelin" for i in range(30)]
+    corpus.append_lines(settings.corpus_file, new)
+    assert run_finetune(settings, store, trainers=trainers) is not None
+    assert read_meta(checkpoint_manager(settings).paths()[-1])["job"]["fresh_from"] == initial_end
+    trainer, job = idle_job()
+    assert job.fresh_from == initial_end and job.corpus_end > initial_end
+    lines = corpus.read_lines(settings.corpus_file).lines
+    fresh = [line for line in new if not corpus.is_validation(line, settings.validation_fraction)]
+    assert fresh_training_lines(settings, job, lines) == len(fresh) > 20
+    trained, _ = split_lines(lines, settings.validation_fraction)
+    assert len(build_data(settings, trainer.vocab, job).train) == len(trained) + 2 * len(fresh)
+    # A checkpoint written before fresh_from was recorded: every line counts as new, as before.
+    assert fresh_of({"kind": "idle", "corpus_end": 5}) is None
+    job.fresh_from = None
+    assert fresh_training_lines(settings, job, lines) == len(trained)
+    store.close()
+
+
 def _home(make_settings, tmp_path, **overrides):
     from tweetgen import engine
     from tweetgen.store import Store

@@ -289,7 +289,7 @@ def continued_or_new_job(settings: Settings, trainer: Trainer, manager: Checkpoi
                 and meta["step"] == trainer.step:
             return TrainJob.from_dict(meta["job"])
     return TrainJob("train", settings.random_seed + trainer.step, 0, end, trainer.step,
-                    corpus_identity=corpus.file_identity(settings.corpus_file, end))
+                    corpus_identity=corpus.file_identity(settings.corpus_file, end), fresh_from=end)
 
 
 def _meta_or_none(path: Path) -> dict | None:

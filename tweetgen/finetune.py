@@ -38,7 +38,7 @@ from .promotion import (
     with_drift,
 )
 from .store import Store
-from .trainer import RunResult, TrainData, Trainer, TrainJob, build_data, finetune_steps
+from .trainer import RunResult, TrainData, Trainer, TrainJob, build_data, finetune_steps, fresh_of
 from .vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def _run(settings: Settings, store: Store, should_stop, trainers: TrainerCache,
         job = TrainJob("finetune", settings.random_seed + trainer.step, start, end, trainer.step,
                        settings.finetune_learning_rate, settings.replay_ratio, new_chars=grown,
                        validation_base=meta.get("validation_lines") if start else [],
-                       corpus_identity=scan.identity)
+                       corpus_identity=scan.identity, fresh_from=fresh_of(meta["job"]))
     data = build_data(settings, trainer.vocab, job)
     resumes = job.run_id
     if resumes is None:

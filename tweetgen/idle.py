@@ -29,7 +29,7 @@ from .engine import StoreRecorder, TrainerCache, checkpoint_manager, run_plan, s
 from .promotion import DRIFT_KEY, Figures, decide, known, promote, read_drift, with_drift
 from .status import IDLE_STATE_KEY
 from .store import Store
-from .trainer import TrainData, Trainer, TrainJob, build_data
+from .trainer import TrainData, Trainer, TrainJob, build_data, fresh_of
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ def next_idle_job(settings: Settings, trainer: Trainer, meta: dict) -> TrainJob 
                     trainer.step + settings.idle_cycle_steps, settings.idle_learning_rate,
                     corpus_identity=meta.get("corpus_identity"),
                     best_bpc=carried.best_bpc if carried else None,
-                    stale_checkpoints=carried.stale_checkpoints if carried else 0)
+                    stale_checkpoints=carried.stale_checkpoints if carried else 0,
+                    fresh_from=fresh_of(meta["job"]))
 
 
 def exhausted(settings: Settings, job: TrainJob) -> bool:

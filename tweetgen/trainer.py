@@ -116,6 +116,10 @@ class TrainJob:
     best_bpc: float | None = None
     best_step: int | None = None
     stale_checkpoints: int = 0  # idle: checkpoints since the best one
+    # Where the lines new to the model begin: the corpus end of its last whole-corpus training
+    # plan, carried by the fine-tunes and idle runs after it (None: a checkpoint from before this
+    # was recorded, every line counts as new). Idle training draws these lines more often.
+    fresh_from: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -194,7 +198,8 @@ def build_data(settings: Settings, vocab: Vocab, job: TrainJob) -> TrainData:
         train, validation, held_out = split_examples(lines, items, settings.validation_fraction)
         validation = validation_subset(validation, settings.max_validation_lines)
         if job.kind == "idle":
-            train = with_recent_weighted(train, settings.idle_recent_lines, settings.idle_recent_weight,
+            recent = min(settings.idle_recent_lines, fresh_training_lines(settings, job, lines))
+            train = with_recent_weighted(train, recent, settings.idle_recent_weight,
                                          random.Random(f"{job.seed}-recent"))
         held_out_items = [held_out[line] for line in validation]
         return _encoded(settings, vocab, job, train, held_out_items, validation, 0, 0)
@@ -240,6 +245,25 @@ def build_data(settings: Settings, vocab: Vocab, job: TrainJob) -> TrainData:
         data.reply_validation, _ = context.encode_examples(
             context.replies(old_examples + new_held_out), vocab, settings.max_line_chars)
     return data
+
+
+def fresh_of(previous: dict[str, Any]) -> int | None:
+    """The `fresh_from` of a job that continues the model `previous` (a checkpoint's job) left."""
+    return previous["corpus_end"] if previous["kind"] == "train" else previous.get("fresh_from")
+
+
+def fresh_training_lines(settings: Settings, job: TrainJob, lines: list[str]) -> int:
+    """How many of `lines` (the corpus up to job.corpus_end, in order) are training lines newer
+    than the model's last whole-corpus plan. Weighting the newest lines up when nothing was
+    appended would only overfit the corpus's last lines: measured, idle training from the
+    3,000-step fortunes model reached 2.0943 bits/char with its last 500 lines drawn 4 times
+    and 2.0785 without (README, Stream)."""
+    start = job.fresh_from or 0
+    if start >= job.corpus_end:
+        return 0
+    appended = corpus.count_lines(settings.corpus_file, start, job.corpus_end) if start else len(lines)
+    tail = lines[len(lines) - min(appended, len(lines)):]
+    return sum(not corpus.is_validation(line, settings.validation_fraction) for line in tail)
 
 
 def with_recent_weighted(lines: list, recent: int, weight: float, rng: random.Random) -> list:
