@@ -85,8 +85,8 @@ class Settings:
     idle_check_seconds: float = 30.0  # how often an idle daemon looks whether it may idle-train
     idle_patience: int = 6  # checkpoints without a better validation before idle training stops
     idle_max_hours_per_day: float = 24.0  # idle training time per UTC day at most
-    idle_cycle_steps: int = 2000  # steps of one idle run (its learning-rate plan)
-    idle_learning_rate: float = 1e-3  # the peak learning rate of each idle run
+    idle_cycle_steps: int = 4000  # steps of one idle run (its learning-rate plan)
+    idle_learning_rate: float = 3e-4  # the peak learning rate of each idle run
     idle_recent_lines: int = 500  # the newest lines appended since the last whole-corpus training ...
     idle_recent_weight: float = 4.0  # ... and are drawn this many times as often as the others
     vocab_grow_min_count: int = 5
