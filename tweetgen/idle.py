@@ -2,8 +2,9 @@
 
 A daemon left for weeks would otherwise serve a model of its first minutes. Idle training
 continues the latest checkpoint on the whole corpus the model has ingested (the newest
-`idle_recent_lines` drawn `idle_recent_weight` times as often), in runs of `idle_cycle_steps`
-steps, and yields at the very next step when another job is submitted (the daemon's
+`idle_recent_lines` of the lines appended since its last whole-corpus training drawn
+`idle_recent_weight` times as often: see tweetgen.trainer.fresh_training_lines), in runs of
+`idle_cycle_steps` steps, and yields at the very next step when another job is submitted (the daemon's
 `preempted`), on a stop signal, or when the day's `idle_max_hours_per_day` is spent. A yielded
 run is continued by the next idle slice from its checkpoint, on the same batches.
 

@@ -484,9 +484,11 @@ class Trainer:
         checkpoint if they scored better than the weights the plan ended with, as Keras'
         `restore_best_weights` does: the last stretch of a long run can overfit a small corpus by
         a little, and the model a run leaves behind is the one that is served and fine-tuned.
-        The step count stays. Returns the validation of the weights the plan now ends with."""
+        The step count stays. Returns the validation of the weights the plan now ends with.
+        A multi-worker run ends on its last weights: every worker would have to load the file."""
         bpc = self.validation_bpc(data)
-        if job.best_step is None or job.best_step == self.step or not bpc > job.best_bpc:
+        if job.best_step is None or job.best_step == self.step or not bpc > job.best_bpc \
+                or isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
             return bpc
         path = manager.directory / checkpoint_name(job.best_step)
         try:
@@ -499,7 +501,7 @@ class Trainer:
         assign_optimizer(self.optimizer, best.optimizer)
         log.info("the plan ends on the weights of its best checkpoint (step %d, validation %.4f "
                  "bits/char; its last weights scored %.4f)", job.best_step, job.best_bpc, bpc)
-        return self.validation_bpc(data)
+        return job.best_bpc  # the checkpoint's own figure: the same weights on the same lines
 
     def meta(self, job: TrainJob, val_bpc: float) -> dict[str, Any]:
         path = self.settings.corpus_file
