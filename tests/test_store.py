@@ -3,6 +3,7 @@
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import pytest
@@ -650,20 +651,29 @@ def test_a_metrics_scrape_reads_indexes_not_the_tables(store: Store, make_settin
         assert not scans, f"{sql}: {plan}"
 
 
-def _open_store(path: str) -> None:
+def _open_store(path: str, start_together: Barrier) -> None:
+    start_together.wait()
     Store(Path(path)).close()
 
 
 def test_processes_opening_a_new_database_at_once_migrate_it_once(tmp_path: Path):
     """Some migration steps commit on their own (executescript, the FTS setup): without the
-    migration flock a second process saw a half-made schema and failed or waited it out."""
+    migration flock a second process saw a half-made schema and failed or waited it out. And
+    SQLite refuses at once (no busy wait) connections that switch one file to WAL together:
+    the switch is under the flock too (before, about 1 in 250 first opens failed so)."""
     import multiprocessing
 
-    context = multiprocessing.get_context("spawn")
-    for attempt in range(4):
+    # forkserver: no forking of this process's TensorFlow threads, and cheap starts.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["tweetgen.store"])
+    for attempt in range(60):
         path = tmp_path / f"race{attempt}" / "tweetgen.db"
         path.parent.mkdir()
-        workers = [context.Process(target=_open_store, args=(str(path),)) for _ in range(8)]
+        start_together = context.Barrier(8)
+        workers = [
+            context.Process(target=_open_store, args=(str(path), start_together))
+            for _ in range(8)
+        ]
         for worker in workers:
             worker.start()
         for worker in workers:
