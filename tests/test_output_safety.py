@@ -12,7 +12,7 @@ import pytest
 from webhome import make_home, running_server, settings_of
 
 from tweetgen import cli, corpus, engine
-from tweetgen.store import Store
+from tweetgen.store import Store, utc_now
 
 # A terminal title change, a colour, a screen clear, a bell and a NUL: what a hostile seed holds.
 HOSTILE_SEED = "\x1b]0;owned\x07hi \x1b[31mred\x1b[2J\x00 \x9b1m"
@@ -70,11 +70,12 @@ def run(settings, capsys, *args: str) -> str:
 
 
 def test_cli_generate_cleans_the_seed_it_stores_and_prints(settings, capsys) -> None:
+    since = utc_now()
     out = run(settings, capsys, "generate", "--seed", HOSTILE_SEED, "-n", "2", "--random-seed", "1")
     assert not has_control(out.replace("\n", ""))
     with Store(settings.db_file) as store:
-        rows = store.query_samples(limit=2)
-    assert {row["source"] for row in rows} == {"cli"}
+        rows = store.query_samples(since=since)  # this command's rows (selection may keep fewer)
+    assert rows and {row["source"] for row in rows} == {"cli"}
     for row in rows:
         assert not has_control(row["seed"]) and not has_control(row["text"])
         assert row["text"].startswith(row["seed"]) and row["seed"].startswith(" ]0;owned hi")
@@ -94,12 +95,16 @@ def test_the_api_cleans_the_seed(settings) -> None:
 
 
 def test_seeds_from_the_settings_are_cleaned(settings) -> None:
-    hostile = settings_of(settings.home, seeds=[HOSTILE_SEED, "the"], samples_per_seed=1,
+    hostile = settings_of(settings.home, seeds=[HOSTILE_SEED, "the"], samples_per_seed=3,
                           temperatures=[1.0])
     with Store(settings.db_file) as store:
+        since = utc_now()
         engine.generate_scheduled(hostile, store, None)
-        rows = store.query_samples(limit=2)
-    assert {row["source"] for row in rows} == {"scheduled"}
+        # This job's rows only: candidate selection may keep fewer than asked ("fewer tweets
+        # rather than weaker ones"), so "the newest two" could include an earlier test's rows.
+        rows = store.query_samples(since=since)
+    assert rows and {row["source"] for row in rows} == {"scheduled"}
+    assert {row["seed"] for row in rows} <= {corpus.clean_seed(HOSTILE_SEED), "the"}
     assert not any(has_control(row["seed"]) or has_control(row["text"]) for row in rows)
 
 
