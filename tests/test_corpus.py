@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tweetgen import corpus
@@ -24,6 +24,7 @@ from tweetgen.corpus import (
     append_lines,
     check_identity,
     clean_line,
+    clean_pair_text,
     clean_text,
     complete_end,
     file_identity,
@@ -357,12 +358,14 @@ def test_common_first_words() -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(raw=st.binary(max_size=300))
+@example(raw=b"!\t!")  # a dialog pair: its one tab is kept (found by a random run)
 def test_clean_line_never_raises(raw: bytes) -> None:
     text, reason = clean_line(raw)
     assert (text is None) != (reason is None)
     if text is not None:
         assert text == text.strip() and "  " not in text and "\n" not in text
-        assert clean_text(text) == text
+        assert text.count("\t") <= 1 and clean_pair_text(text) == text
+        assert clean_text(corpus.plain_text(text)) == corpus.plain_text(text)
         assert clean_line(text.encode("utf-8")) == (text, None)
 
 
