@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from tweetgen import corpus
     from tweetgen.checkpoints import CheckpointManager, load_checkpoint
     from tweetgen.config import Settings
-    from tweetgen.train import encode_lines
+    from tweetgen.train import bits_per_char, encode_lines
     from tweetgen.trainer import TrainData, Trainer, TrainJob
 
     promoted = CheckpointManager(args.home / "checkpoints").promoted_path()
@@ -79,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(fortunes)} fortunes + {len(stream)} {args.style} lines x {args.weight:g}; "
           f"{len(held)} held out; plan {args.steps} steps at peak {args.lr:g}")
     print(f"{'steps':>6} {'new-style':>10} {'old val':>8}")
+    # The initial model, measured in this run: the baseline every difference below is against.
+    start = {"new_style": bits_per_char(trainer.model, data.new_validation, eval_fn=trainer.eval_fn),
+             "old_val": trainer.validation_bpc(data)}
+    print(f"{0:>6} {start['new_style']:>10.4f} {start['old_val']:>8.4f}   (the initial model)", flush=True)
     while not job.done:
         mark = trainer.step + args.every
         result = trainer.run(job, data, manager, should_stop=lambda mark=mark: trainer.step >= mark)
@@ -86,8 +90,11 @@ def main(argv: list[str] | None = None) -> int:
                      "old_val": result.val_bpc})
         print(f"{rows[-1]['steps']:>6} {result.val_new_bpc:>10.4f} {result.val_bpc:>8.4f}", flush=True)
     best = min(rows, key=lambda r: r["new_style"])
-    print(f"best new-style {best['new_style']:.4f} at step {best['steps']} (old val {best['old_val']:.4f})")
-    print(json.dumps({"weight": args.weight, "steps": args.steps, "lr": args.lr, "rows": rows}))
+    print(f"best new-style {best['new_style']:.4f} at step {best['steps']} "
+          f"({best['new_style'] - start['new_style']:+.4f} against the initial model; "
+          f"old val {best['old_val']:.4f}, {best['old_val'] - start['old_val']:+.4f})")
+    print(json.dumps({"weight": args.weight, "steps": args.steps, "lr": args.lr, "start": start,
+                      "rows": rows}))
     return 0
 
 
